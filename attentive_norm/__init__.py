@@ -1,0 +1,13 @@
+"""attentive-norm: Attentive Normalization (Li, Sun, Wu, ECCV 2020, arXiv:1908.01259) for PyTorch."""
+
+from .layers import ATTENTION_HEADS, POOLINGS, AttentiveBatchNorm2d, AttentiveGroupNorm
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ATTENTION_HEADS",
+    "POOLINGS",
+    "AttentiveBatchNorm2d",
+    "AttentiveGroupNorm",
+    "__version__",
+]

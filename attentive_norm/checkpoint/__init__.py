@@ -1,0 +1,1 @@
+"""Checkpoints: safe loading of ours and the authors' files, safetensors export, atomic saving."""

@@ -1,0 +1,1 @@
+"""The ``attentive-norm`` command line."""

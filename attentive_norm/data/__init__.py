@@ -1,0 +1,1 @@
+"""Data: the bundled digits dataset, ImageFolder loading, transforms and mixup."""

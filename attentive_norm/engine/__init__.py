@@ -1,0 +1,1 @@
+"""Training and evaluation engine: loop, optimiser, schedule, checkpoints, distributed set-up."""

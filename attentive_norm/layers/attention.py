@@ -1,0 +1,224 @@
+"""Attention heads of Attentive Normalization: per-instance weights over the K mixture components.
+
+A head maps the input feature map (N×C×H×W) to N×K weights ``lam``. The paper's head pools each
+channel to ``mean * rsqrt(var + 1e-3)``, projects C -> K with a 1×1 conv (a linear map), normalises the
+K logits with a BatchNorm and applies a hard sigmoid. The other heads of SPEC.md §1 are selected by name.
+
+The logit BatchNorm is :class:`LogitNorm`, deliberately *not* an ``nn.BatchNorm`` subclass: PyTorch's,
+timm's and torchvision's SyncBN/frozen-BN converters walk every child, and must not rewrite a piece
+of an AN layer behind its back. Distributed synchronisation and freezing are handled by this package's
+own converters, which know about the whole layer.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .stats import batch_moments, update_running_stats
+
+POOLINGS: tuple[str, ...] = ("mean_rsqrt_var", "mean")
+"""``mean_rsqrt_var``: the paper's ``mean_hw(x) * rsqrt(var_hw(x) + eps)``; ``mean``: plain spatial mean."""
+
+ATTENTION_HEADS: tuple[str, ...] = (
+    "conv_bn_hsigmoid",
+    "conv_bn_sigmoid",
+    "conv_bn_softmax",
+    "conv_bias_sigmoid",
+    "conv_bias_hsigmoid",
+    "mlp_hsigmoid",
+)
+"""Readable names of the attention heads of SPEC.md §1 (the authors number them; we name them).
+
+- ``conv_bn_hsigmoid``: conv 1×1 (no bias) -> BatchNorm over K -> hard sigmoid. The paper's default.
+- ``conv_bn_sigmoid``: conv 1×1 (no bias) -> BatchNorm over K -> sigmoid.
+- ``conv_bn_softmax``: conv 1×1 (no bias) -> BatchNorm over K -> softmax over K (weights sum to one).
+- ``conv_bias_sigmoid``: conv 1×1 with bias -> sigmoid.
+- ``conv_bias_hsigmoid``: conv 1×1 with bias -> hard sigmoid. The GroupNorm-based AN's default.
+- ``mlp_hsigmoid``: Linear C->2K with bias -> ReLU -> Linear 2K->K with bias -> hard sigmoid.
+"""
+
+
+def spatial_descriptor(x: Tensor, pooling: str = "mean_rsqrt_var", eps: float = 1e-3) -> Tensor:
+    """Pool each channel of ``x`` (N×C×H×W) to one number per instance, in float32 or wider.
+
+    ``mean_rsqrt_var`` uses the unbiased spatial variance, as the paper does. On a 1×1 map that
+    variance is 0/0; we define it as 0 (a single value has no spread), so the descriptor is
+    ``x * rsqrt(eps)`` instead of the authors' NaN.
+    """
+    x = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+    if pooling == "mean":
+        return x.mean(dim=(2, 3))
+    num_pixels = x.shape[2] * x.shape[3]
+    var, mean = torch.var_mean(x, dim=(2, 3), correction=0)
+    var = var * (num_pixels / max(num_pixels - 1, 1))
+    return mean * torch.rsqrt(var + eps)
+
+
+def hard_sigmoid(z: Tensor) -> Tensor:
+    """``relu6(z + 3) / 6``, the paper's gate."""
+    return F.relu6(z + 3.0) / 6.0
+
+
+class LogitNorm(nn.Module):
+    """BatchNorm over the K attention logits (input N×K), with the usual running statistics.
+
+    In training with a single instance there is no batch variance; the layer then uses (and does not
+    update) its running statistics, so batch-size-1 training gives finite, input-dependent weights.
+    """
+
+    def __init__(
+        self,
+        num_features: int,
+        *,
+        eps: float = 1e-5,
+        momentum: float | None = 0.1,
+        track_running_stats: bool = True,
+        device: torch.device | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        factory = {"device": device, "dtype": dtype}
+        self.num_features = num_features
+        self.eps = eps
+        self.momentum = momentum
+        self.track_running_stats = track_running_stats
+        self.weight = nn.Parameter(torch.ones(num_features, **factory))
+        self.bias = nn.Parameter(torch.zeros(num_features, **factory))
+        if track_running_stats:
+            self.register_buffer("running_mean", torch.zeros(num_features, **factory))
+            self.register_buffer("running_var", torch.ones(num_features, **factory))
+            self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long, device=device))
+        else:
+            self.register_buffer("running_mean", None)
+            self.register_buffer("running_var", None)
+            self.register_buffer("num_batches_tracked", None)
+        self.freeze_stats = False
+        self.process_group: object | None = None
+
+    def reset_parameters(self) -> None:
+        """Weight 1, bias 0, running statistics reset."""
+        nn.init.ones_(self.weight)
+        nn.init.zeros_(self.bias)
+        if self.running_mean is not None:
+            self.running_mean.zero_()
+            self.running_var.fill_(1.0)
+            self.num_batches_tracked.zero_()
+
+    def forward(self, z: Tensor) -> Tensor:
+        use_batch = (self.training and not self.freeze_stats) or self.running_mean is None
+        if use_batch and (z.shape[0] > 1 or self.running_mean is None):
+            mean, var, count = batch_moments(z[:, :, None, None], self.process_group)
+            if self.training and not self.freeze_stats:
+                update_running_stats(
+                    self.running_mean,
+                    self.running_var,
+                    self.num_batches_tracked,
+                    self.momentum,
+                    mean,
+                    var,
+                    count,
+                )
+        else:
+            mean, var = self.running_mean, self.running_var
+        return (z - mean) * torch.rsqrt(var + self.eps) * self.weight + self.bias
+
+    def extra_repr(self) -> str:
+        return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}"
+
+
+class AttentionHead(nn.Module):
+    """Computes the N×K mixture weights of an AN layer from its raw input.
+
+    Parameters: ``weight`` (K×C, the 1×1 conv), ``bias`` (K, heads with bias), ``norm``
+    (:class:`LogitNorm`, heads with a BatchNorm) and, for ``mlp_hsigmoid``, ``hidden_weight`` (2K×C)
+    and ``hidden_bias`` (2K). Everything is computed in float32 (or float64) even under autocast.
+    """
+
+    def __init__(
+        self,
+        num_channels: int,
+        num_mixtures: int,
+        *,
+        head: str = "conv_bn_hsigmoid",
+        pooling: str = "mean_rsqrt_var",
+        pooling_eps: float = 1e-3,
+        norm_eps: float = 1e-5,
+        norm_momentum: float | None = 0.1,
+        track_running_stats: bool = True,
+        device: torch.device | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        if head not in ATTENTION_HEADS:
+            raise ValueError(f"unknown attention head {head!r}; expected one of {', '.join(ATTENTION_HEADS)}")
+        if pooling not in POOLINGS:
+            raise ValueError(f"unknown pooling {pooling!r}; expected one of {', '.join(POOLINGS)}")
+        factory = {"device": device, "dtype": dtype}
+        self.head = head
+        self.pooling = pooling
+        self.pooling_eps = pooling_eps
+        in_features = num_channels
+        if head == "mlp_hsigmoid":
+            self.hidden_weight = nn.Parameter(torch.empty(2 * num_mixtures, num_channels, **factory))
+            self.hidden_bias = nn.Parameter(torch.empty(2 * num_mixtures, **factory))
+            in_features = 2 * num_mixtures
+        else:
+            self.register_parameter("hidden_weight", None)
+            self.register_parameter("hidden_bias", None)
+        self.weight = nn.Parameter(torch.empty(num_mixtures, in_features, **factory))
+        if head.startswith("conv_bias") or head == "mlp_hsigmoid":
+            self.bias = nn.Parameter(torch.empty(num_mixtures, **factory))
+        else:
+            self.register_parameter("bias", None)
+        if "_bn_" in head:
+            self.norm = LogitNorm(
+                num_mixtures,
+                eps=norm_eps,
+                momentum=norm_momentum,
+                track_running_stats=track_running_stats,
+                **factory,
+            )
+        else:
+            self.norm = None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Kaiming-normal (fan_out, relu) projection as in the paper; PyTorch's default for biases."""
+        nn.init.kaiming_normal_(self.weight, mode="fan_out", nonlinearity="relu")
+        if self.bias is not None:
+            bound = 1.0 / math.sqrt(self.weight.shape[1])
+            nn.init.uniform_(self.bias, -bound, bound)
+        if self.hidden_weight is not None:
+            nn.init.kaiming_normal_(self.hidden_weight, mode="fan_out", nonlinearity="relu")
+            bound = 1.0 / math.sqrt(self.hidden_weight.shape[1])
+            nn.init.uniform_(self.hidden_bias, -bound, bound)
+        if self.norm is not None:
+            self.norm.reset_parameters()
+
+    def forward(self, x: Tensor) -> Tensor:
+        s = spatial_descriptor(x, self.pooling, self.pooling_eps)
+        return self.weights_from_descriptor(s)
+
+    def weights_from_descriptor(self, s: Tensor) -> Tensor:
+        """N×C descriptor -> N×K mixture weights (float32 or wider, also under autocast)."""
+        with torch.autocast(device_type=s.device.type, enabled=False):
+            dtype = torch.promote_types(s.dtype, self.weight.dtype)
+            s = s.to(dtype)
+            if self.hidden_weight is not None:
+                s = F.relu(F.linear(s, self.hidden_weight.to(dtype), self.hidden_bias.to(dtype)))
+            bias = self.bias.to(dtype) if self.bias is not None else None
+            z = F.linear(s, self.weight.to(dtype), bias)
+            if self.norm is not None:
+                z = self.norm(z)
+            if self.head.endswith("softmax"):
+                return torch.softmax(z, dim=1)
+            if self.head.endswith("hsigmoid"):
+                return hard_sigmoid(z)
+            return torch.sigmoid(z)
+
+    def extra_repr(self) -> str:
+        return f"head={self.head}, pooling={self.pooling}, mixtures={self.weight.shape[0]}"
