@@ -18,7 +18,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .stats import batch_moments, update_running_stats
+from .stats import normalize_batch, statistics_dtype, synced_normalize_batch
+
+# Shape-dependent helpers become single nodes under torch.fx.symbolic_trace (see stats.py).
+torch.fx.wrap("normalize_batch")
 
 POOLINGS: tuple[str, ...] = ("mean_rsqrt_var", "mean")
 """``mean_rsqrt_var``: the paper's ``mean_hw(x) * rsqrt(var_hw(x) + eps)``; ``mean``: plain spatial mean."""
@@ -42,25 +45,47 @@ ATTENTION_HEADS: tuple[str, ...] = (
 """
 
 
+@torch.fx.wrap
 def spatial_descriptor(x: Tensor, pooling: str = "mean_rsqrt_var", eps: float = 1e-3) -> Tensor:
     """Pool each channel of ``x`` (N×C×H×W) to one number per instance, in float32 or wider.
 
     ``mean_rsqrt_var`` uses the unbiased spatial variance, as the paper does. On a 1×1 map that
     variance is 0/0; we define it as 0 (a single value has no spread), so the descriptor is
-    ``x * rsqrt(eps)`` instead of the authors' NaN.
+    ``x * rsqrt(eps)`` instead of the authors' NaN. (An FX leaf: it branches on the map size.)
     """
-    x = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+    x = x.to(statistics_dtype(x))
     if pooling == "mean":
-        return x.mean(dim=(2, 3))
+        return x.mean(dim=[2, 3])
+    if pooling != "mean_rsqrt_var":
+        raise ValueError(f"unknown pooling '{pooling}'; expected 'mean_rsqrt_var' or 'mean'")
     num_pixels = x.shape[2] * x.shape[3]
-    var, mean = torch.var_mean(x, dim=(2, 3), correction=0)
+    var, mean = torch.var_mean(x, dim=[2, 3], correction=0)
     var = var * (num_pixels / max(num_pixels - 1, 1))
     return mean * torch.rsqrt(var + eps)
+
+
+@torch.fx.wrap
+def full_precision_matmul(a: Tensor, b: Tensor) -> Tensor:
+    """``a @ b`` in ``a``'s dtype (float32 or wider here), also under autocast, which would otherwise
+    run it in half precision. (An FX leaf, so that traced graphs keep the autocast switch.)"""
+    b = b.to(a.dtype)
+    if torch.jit.is_scripting():
+        return a @ b  # TorchScript cannot switch autocast off for a run-time device type.
+    if not torch.is_autocast_enabled(a.device.type):
+        return a @ b
+    with torch.autocast(a.device.type, enabled=False):
+        return a @ b
 
 
 def hard_sigmoid(z: Tensor) -> Tensor:
     """``relu6(z + 3) / 6``, the paper's gate."""
     return F.relu6(z + 3.0) / 6.0
+
+
+def check_positive_int(name: str, value: object) -> None:
+    """Raise a ValueError unless ``value`` is an int >= 1 (bools are refused)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
 
 
 class LogitNorm(nn.Module):
@@ -109,22 +134,31 @@ class LogitNorm(nn.Module):
             self.num_batches_tracked.zero_()
 
     def forward(self, z: Tensor) -> Tensor:
-        use_batch = (self.training and not self.freeze_stats) or self.running_mean is None
-        if use_batch and (z.shape[0] > 1 or self.running_mean is None):
-            mean, var, count = batch_moments(z[:, :, None, None], self.process_group)
-            if self.training and not self.freeze_stats:
-                update_running_stats(
-                    self.running_mean,
-                    self.running_var,
-                    self.num_batches_tracked,
-                    self.momentum,
-                    mean,
-                    var,
-                    count,
-                )
+        learning = self.training and not self.freeze_stats
+        if not learning and self.running_mean is not None:
+            zhat = F.batch_norm(z, self.running_mean, self.running_var, None, None, False, 0.0, self.eps)
+        elif self.process_group is not None:
+            zhat = synced_normalize_batch(
+                z,
+                self.running_mean,
+                self.running_var,
+                self.num_batches_tracked,
+                learning,
+                self.momentum,
+                self.eps,
+                self.process_group,
+            )
         else:
-            mean, var = self.running_mean, self.running_var
-        return (z - mean) * torch.rsqrt(var + self.eps) * self.weight + self.bias
+            zhat = normalize_batch(
+                z,
+                self.running_mean,
+                self.running_var,
+                self.num_batches_tracked,
+                learning,
+                self.momentum,
+                self.eps,
+            )
+        return zhat * self.weight + self.bias
 
     def extra_repr(self) -> str:
         return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}"
@@ -153,6 +187,8 @@ class AttentionHead(nn.Module):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
+        check_positive_int("num_channels", num_channels)
+        check_positive_int("num_mixtures", num_mixtures)
         if head not in ATTENTION_HEADS:
             raise ValueError(f"unknown attention head {head!r}; expected one of {', '.join(ATTENTION_HEADS)}")
         if pooling not in POOLINGS:
@@ -204,21 +240,20 @@ class AttentionHead(nn.Module):
         return self.weights_from_descriptor(s)
 
     def weights_from_descriptor(self, s: Tensor) -> Tensor:
-        """N×C descriptor -> N×K mixture weights (float32 or wider, also under autocast)."""
-        with torch.autocast(device_type=s.device.type, enabled=False):
-            dtype = torch.promote_types(s.dtype, self.weight.dtype)
-            s = s.to(dtype)
-            if self.hidden_weight is not None:
-                s = F.relu(F.linear(s, self.hidden_weight.to(dtype), self.hidden_bias.to(dtype)))
-            bias = self.bias.to(dtype) if self.bias is not None else None
-            z = F.linear(s, self.weight.to(dtype), bias)
-            if self.norm is not None:
-                z = self.norm(z)
-            if self.head.endswith("softmax"):
-                return torch.softmax(z, dim=1)
-            if self.head.endswith("hsigmoid"):
-                return hard_sigmoid(z)
-            return torch.sigmoid(z)
+        """N×C descriptor -> N×K mixture weights, in the descriptor's dtype (float32 or wider), also
+        under autocast."""
+        if self.hidden_weight is not None and self.hidden_bias is not None:
+            s = F.relu(full_precision_matmul(s, self.hidden_weight.t()) + self.hidden_bias.to(s.dtype))
+        z = full_precision_matmul(s, self.weight.t())
+        if self.bias is not None:
+            z = z + self.bias.to(z.dtype)
+        if self.norm is not None:
+            z = self.norm(z)
+        if self.head.endswith("softmax"):
+            return torch.softmax(z, dim=1)
+        if self.head.endswith("hsigmoid"):
+            return hard_sigmoid(z)
+        return torch.sigmoid(z)
 
     def extra_repr(self) -> str:
         return f"head={self.head}, pooling={self.pooling}, mixtures={self.weight.shape[0]}"

@@ -19,8 +19,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .attention import AttentionHead
-from .stats import batch_moments, update_running_stats
+from .attention import AttentionHead, check_positive_int, full_precision_matmul
+from .stats import normalize_batch, synced_normalize_batch
+
+# Helpers that branch on shapes or switch autocast become single nodes under torch.fx.symbolic_trace.
+torch.fx.wrap("normalize_batch")
+torch.fx.wrap("full_precision_matmul")
 
 _OFFICIAL_RENAMES: tuple[tuple[str, str], ...] = (
     ("weight_", "mixture_weight"),
@@ -57,10 +61,8 @@ class _AttentiveNorm(nn.Module):
         dtype: torch.dtype | None,
     ) -> None:
         super().__init__()
-        if not isinstance(num_channels, int) or num_channels < 1:
-            raise ValueError(f"num_channels must be a positive int, got {num_channels!r}")
-        if not isinstance(num_mixtures, int) or num_mixtures < 1:
-            raise ValueError(f"num_mixtures must be an int >= 1, got {num_mixtures!r}")
+        check_positive_int("num_channels", num_channels)
+        check_positive_int("num_mixtures", num_mixtures)
         factory = {"device": device, "dtype": dtype}
         self.num_mixtures = num_mixtures
         # Construct the attention projection before drawing the mixture, as the authors do, so the
@@ -84,26 +86,12 @@ class _AttentiveNorm(nn.Module):
         nn.init.normal_(self.mixture_weight, 1.0, 0.1)
         nn.init.normal_(self.mixture_bias, 0.0, 0.1)
 
-    def _check_input(self, x: Tensor) -> None:
-        if x.dim() != 4:
-            raise ValueError(
-                f"{type(self).__name__} expects a 4D input (N, C, H, W), got {x.dim()}D input of shape "
-                f"{tuple(x.shape)}"
-            )
-        channels = self.mixture_weight.shape[1]
-        if x.shape[1] != channels:
-            raise ValueError(
-                f"{type(self).__name__} was built for {channels} channels, got input with {x.shape[1]} "
-                f"channels (shape {tuple(x.shape)})"
-            )
-
     def _mix(self, x: Tensor, xhat: Tensor) -> Tensor:
-        """Per-instance affine: the attention-weighted mixture of the K affine transforms."""
+        """Per-instance affine: the attention-weighted mixture of the K affine transforms, computed in
+        float32 or wider; the output has the input's dtype and memory format."""
         lam = self.attention(x)
-        with torch.autocast(device_type=x.device.type, enabled=False):
-            dtype = lam.dtype
-            gamma = lam @ self.mixture_weight.to(dtype)
-            beta = lam @ self.mixture_bias.to(dtype)
+        gamma = full_precision_matmul(lam, self.mixture_weight)
+        beta = full_precision_matmul(lam, self.mixture_bias)
         out = torch.addcmul(beta[:, :, None, None], xhat, gamma[:, :, None, None])
         return out.to(x.dtype)
 
@@ -205,7 +193,7 @@ class AttentiveBatchNorm2d(_AttentiveNorm):
             self.attention.norm.reset_parameters()
 
     def forward(self, x: Tensor) -> Tensor:
-        self._check_input(x)
+        check_input(x, self.num_features, "AttentiveBatchNorm2d")
         return self._mix(x, self._standardise(x))
 
     def freeze_statistics(self, frozen: bool = True) -> None:
@@ -217,34 +205,29 @@ class AttentiveBatchNorm2d(_AttentiveNorm):
 
     def _standardise(self, x: Tensor) -> Tensor:
         """``(x - mean) * rsqrt(var + eps)``: batch statistics in training, running ones in eval."""
-        update = self.training and not self.freeze_stats and self.running_mean is not None
-        use_batch = (self.training and not self.freeze_stats) or self.running_mean is None
-        single_value = x.shape[0] * x.shape[2] * x.shape[3] == 1
-        if single_value and self.running_mean is not None:
-            use_batch, update = False, False
-        if not use_batch:
+        learning = self.training and not self.freeze_stats
+        if not learning and self.running_mean is not None:
             return F.batch_norm(x, self.running_mean, self.running_var, None, None, False, 0.0, self.eps)
-        if self.process_group is None and self.momentum is not None and not single_value:
-            # PyTorch's fused kernel computes the statistics and updates the running estimates.
-            if update and self.num_batches_tracked is not None:
-                self.num_batches_tracked.add_(1)
-            return F.batch_norm(
+        if self.process_group is not None:
+            return synced_normalize_batch(
                 x,
-                self.running_mean if update else None,
-                self.running_var if update else None,
-                None,
-                None,
-                True,
+                self.running_mean,
+                self.running_var,
+                self.num_batches_tracked,
+                learning,
                 self.momentum,
                 self.eps,
+                self.process_group,
             )
-        mean, var, count = batch_moments(x, self.process_group)
-        if update:
-            update_running_stats(
-                self.running_mean, self.running_var, self.num_batches_tracked, self.momentum, mean, var, count
-            )
-        mean = mean.to(x.dtype)[None, :, None, None]
-        return (x - mean) * torch.rsqrt(var.to(x.dtype) + self.eps)[None, :, None, None]
+        return normalize_batch(
+            x,
+            self.running_mean,
+            self.running_var,
+            self.num_batches_tracked,
+            learning,
+            self.momentum,
+            self.eps,
+        )
 
     def extra_repr(self) -> str:
         return (
@@ -297,13 +280,28 @@ class AttentiveGroupNorm(_AttentiveNorm):
         self.eps = eps
 
     def forward(self, x: Tensor) -> Tensor:
-        self._check_input(x)
+        check_input(x, self.num_channels, "AttentiveGroupNorm")
         return self._mix(x, F.group_norm(x, self.num_groups, None, None, self.eps))
 
     def extra_repr(self) -> str:
         return (
             f"{self.num_channels}, num_groups={self.num_groups}, "
             f"num_mixtures={self.num_mixtures}, eps={self.eps}"
+        )
+
+
+@torch.fx.wrap
+def check_input(x: Tensor, num_channels: int, layer_name: str) -> None:
+    """Raise a ValueError unless ``x`` is N×C×H×W with C == ``num_channels``. (An FX leaf: it branches
+    on the shape.)"""
+    if x.dim() != 4:
+        raise ValueError(
+            f"{layer_name} expects a 4D input (N, C, H, W), got a {x.dim()}D input of shape {list(x.shape)}"
+        )
+    if x.shape[1] != num_channels:
+        raise ValueError(
+            f"{layer_name} was built for {num_channels} channels, got an input with {x.shape[1]} channels "
+            f"(shape {list(x.shape)})"
         )
 
 

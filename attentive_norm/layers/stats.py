@@ -1,51 +1,40 @@
-"""Batch statistics for the AN layers: per-channel moments, synced across processes, running averages."""
+"""Batch statistics for the AN layers: per-channel moments, training-mode standardisation, running
+averages, and the same synchronised across processes.
+
+Everything except the ``synced_*`` functions is TorchScript-compatible, free of ``.item()`` (so
+``torch.compile(fullgraph=True)`` sees no graph break), and computes statistics in float32 or wider.
+Callers that want ``torch.fx.symbolic_trace`` to work register these functions with ``torch.fx.wrap``
+in their own module: they branch on shapes, which symbolic tracing cannot follow.
+"""
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 
-def batch_moments(x: Tensor, process_group: object | None = None) -> tuple[Tensor, Tensor, int]:
-    """Per-channel mean and biased variance of N×C×H×W ``x`` over (N, H, W), and the sample count.
-
-    With a ``process_group`` (and an initialised world of more than one process) the moments are those
-    of the union of every process's batch, and gradients flow back through the reduction exactly as
-    if the whole batch were on one process (the all-reduce is differentiable).
-    """
-    count = x.shape[0] * x.shape[2] * x.shape[3]
-    if process_group is None or not _distributed_active(process_group):
-        var, mean = torch.var_mean(x, dim=(0, 2, 3), correction=0)
-        return mean, var, count
-    return _synced_moments(x, process_group)
+def statistics_dtype(x: Tensor) -> torch.dtype:
+    """float32 for half-precision inputs, the input's own dtype for float32 and float64."""
+    return torch.promote_types(x.dtype, torch.float32)
 
 
-@torch.jit.unused
-def _distributed_active(process_group: object) -> bool:
-    import torch.distributed as dist
-
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size(process_group) > 1
+def values_per_channel(x: Tensor) -> int:
+    """How many values of one channel an N×C×... batch holds."""
+    return x.numel() // x.shape[1]
 
 
-@torch.jit.unused
-def _synced_moments(x: Tensor, process_group: object) -> tuple[Tensor, Tensor, int]:
-    """Moments over every process's batch: gather each process's (count, mean, M2) and combine them
-    with Chan's parallel formula, which stays accurate when |mean| >> std. Differentiable."""
-    from torch.distributed.nn.functional import all_gather
+def batch_moments(x: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-channel mean and biased variance of N×C×... ``x`` over every dim but 1, in float32 or wider."""
+    dims = [0] + [d for d in range(2, x.dim())]  # a comprehension, as TorchScript needs
+    var, mean = torch.var_mean(x.to(statistics_dtype(x)), dim=dims, correction=0)
+    return mean, var
 
-    local_count = x.shape[0] * x.shape[2] * x.shape[3]
-    work = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
-    var, mean = torch.var_mean(work, dim=(0, 2, 3), correction=0)
-    count = torch.full((1,), float(local_count), dtype=work.dtype, device=x.device)
-    gathered = all_gather(torch.cat([count, mean, var * local_count]), group=process_group)
-    stacked = torch.stack(list(gathered))  # world × (1 + 2C)
-    channels = x.shape[1]
-    counts = stacked[:, :1]
-    means, m2s = stacked[:, 1:].split(channels, dim=1)
-    total = counts.sum()
-    mean = (counts * means).sum(dim=0) / total
-    m2 = (m2s + counts * (means - mean) ** 2).sum(dim=0)
-    return mean, m2 / total, int(total.item())
+
+def standardise(x: Tensor, mean: Tensor, var: Tensor, eps: float) -> Tensor:
+    """``(x - mean) * rsqrt(var + eps)`` per channel, computed in the statistics' (wider) dtype."""
+    shape = [1, -1] + [1] * (x.dim() - 2)
+    return (x.to(mean.dtype) - mean.view(shape)) * torch.rsqrt(var + eps).view(shape)
 
 
 def update_running_stats(
@@ -59,13 +48,120 @@ def update_running_stats(
 ) -> None:
     """Update running mean and (unbiased) running variance in place, the way ``nn.BatchNorm`` does.
 
-    ``momentum=None`` gives a cumulative moving average, as in PyTorch.
+    ``momentum=None`` gives a cumulative moving average, as in PyTorch; its factor ``1/num_batches`` is
+    kept a tensor so no host synchronisation (``.item()``) is needed.
     """
     if running_mean is None or running_var is None or num_batches_tracked is None:
         return
     with torch.no_grad():
         num_batches_tracked.add_(1)
-        factor = 1.0 / float(num_batches_tracked.item()) if momentum is None else momentum
         unbiased = var.detach() * (count / max(count - 1, 1))
-        running_mean.mul_(1 - factor).add_(mean.detach().to(running_mean.dtype), alpha=factor)
-        running_var.mul_(1 - factor).add_(unbiased.to(running_var.dtype), alpha=factor)
+        if momentum is None:
+            factor = num_batches_tracked.to(running_mean.dtype).reciprocal()
+            running_mean.add_((mean.detach().to(running_mean.dtype) - running_mean) * factor)
+            running_var.add_((unbiased.to(running_var.dtype) - running_var) * factor)
+        else:
+            running_mean.mul_(1 - momentum).add_(mean.detach().to(running_mean.dtype), alpha=momentum)
+            running_var.mul_(1 - momentum).add_(unbiased.to(running_var.dtype), alpha=momentum)
+
+
+def normalize_batch(
+    x: Tensor,
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    num_batches_tracked: Tensor | None,
+    update: bool,
+    momentum: float | None,
+    eps: float,
+) -> Tensor:
+    """Training-mode BatchNorm without affine on N×C×... ``x``; updates the running statistics if
+    ``update``.
+
+    A channel holding a single value has no batch variance: with running statistics the input is then
+    standardised with them and they are left unchanged; without, the result is 0 (zero deviation from a
+    mean equal to the value). Fixed momentum uses PyTorch's fused kernel; ``momentum=None`` the
+    explicit path, whose cumulative factor is a tensor.
+    """
+    count = values_per_channel(x)
+    if count == 1 and running_mean is not None and running_var is not None:
+        return F.batch_norm(x, running_mean, running_var, None, None, False, 0.0, eps)
+    if momentum is not None and count > 1:
+        update = update and running_mean is not None
+        if update and num_batches_tracked is not None:
+            num_batches_tracked.add_(1)
+        return F.batch_norm(
+            x,
+            running_mean if update else None,
+            running_var if update else None,
+            None,
+            None,
+            True,
+            momentum,
+            eps,
+        )
+    mean, var = batch_moments(x)
+    if update:
+        update_running_stats(running_mean, running_var, num_batches_tracked, momentum, mean, var, count)
+    return standardise(x, mean, var, eps)
+
+
+@torch.jit.unused
+def distributed_active(process_group: object | None) -> bool:
+    """True when ``process_group`` spans more than one initialised process."""
+    import torch.distributed as dist
+
+    return (
+        process_group is not None
+        and dist.is_available()
+        and dist.is_initialized()
+        and dist.get_world_size(process_group) > 1
+    )
+
+
+@torch.jit.unused
+def synced_batch_moments(x: Tensor, process_group: object) -> tuple[Tensor, Tensor, int]:
+    """Per-channel mean, biased variance and value count over every process's batch.
+
+    Gathers each process's (count, mean, M2) and combines them with Chan's parallel formula, which stays
+    accurate when |mean| >> std. Differentiable: gradients flow back through the gather exactly as if
+    the whole batch were on one process. Every process must call this (it is a collective).
+    """
+    from torch.distributed.nn.functional import all_gather
+
+    local_count = values_per_channel(x)
+    mean, var = batch_moments(x)
+    count = torch.full((1,), float(local_count), dtype=mean.dtype, device=x.device)
+    gathered = all_gather(torch.cat([count, mean, var * local_count]), group=process_group)
+    stacked = torch.stack(list(gathered))  # world × (1 + 2C)
+    counts = stacked[:, :1]
+    means, m2s = stacked[:, 1:].split(x.shape[1], dim=1)
+    total = counts.sum()
+    mean = (counts * means).sum(dim=0) / total
+    m2 = (m2s + counts * (means - mean) ** 2).sum(dim=0)
+    return mean, m2 / total, int(total.item())
+
+
+@torch.jit.unused
+def synced_normalize_batch(
+    x: Tensor,
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    num_batches_tracked: Tensor | None,
+    update: bool,
+    momentum: float | None,
+    eps: float,
+    process_group: object | None,
+) -> Tensor:
+    """:func:`normalize_batch` with the statistics of every process's batch (SyncBatchNorm).
+
+    The single-value fallback is decided on the global count, after the collective, so processes with
+    different local batch sizes never disagree about whether to take part in it.
+    """
+    if not distributed_active(process_group):
+        return normalize_batch(x, running_mean, running_var, num_batches_tracked, update, momentum, eps)
+    mean, var, count = synced_batch_moments(x, process_group)
+    if count == 1 and running_mean is not None and running_var is not None:
+        return F.batch_norm(x, running_mean, running_var, None, None, False, 0.0, eps)
+    if update:
+        update_running_stats(running_mean, running_var, num_batches_tracked, momentum, mean, var, count)
+    return standardise(x, mean, var, eps)
