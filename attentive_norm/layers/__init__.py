@@ -2,6 +2,8 @@
 
 from .attention import ATTENTION_HEADS, POOLINGS, AttentionHead, LogitNorm
 from .attentive_norm import AttentiveBatchNorm2d, AttentiveGroupNorm
+from .convert import convert_norm, convert_sync_norm, freeze_norm, matching_norms
+from .frozen_stats import FrozenStatsBatchNorm2d
 
 __all__ = [
     "ATTENTION_HEADS",
@@ -9,5 +11,10 @@ __all__ = [
     "AttentionHead",
     "AttentiveBatchNorm2d",
     "AttentiveGroupNorm",
+    "FrozenStatsBatchNorm2d",
     "LogitNorm",
+    "convert_norm",
+    "convert_sync_norm",
+    "freeze_norm",
+    "matching_norms",
 ]
