@@ -5,4 +5,5 @@ from . import (
     cifar_resnet,  # noqa: F401
     densenet,  # noqa: F401
     mobilenetv2,  # noqa: F401
+    resnet,  # noqa: F401
 )
