@@ -8,7 +8,9 @@ the 3×3 conv of every node that spans the whole grid.
 
 Module names and registration order follow the authors' ``iVMCL/AOGNet-v2`` networks, so their
 checkpoints load by name with ``load_state_dict`` (``AttentiveBatchNorm2d`` maps the AN-internal key
-names itself). Construction and initialisation draw random numbers in the authors' order.
+names itself). Construction and initialisation follow the authors' order of random draws (module
+registration order, then one init pass in module pre-order), so that equal seeds give their initial
+weights; that last point is reasoned from their description, not checked against their code here.
 """
 
 from __future__ import annotations
