@@ -8,15 +8,24 @@ from .errors import (
     CorruptCheckpointError,
     UnsafeCheckpointError,
 )
+from .loader import LoadInfo, load_checkpoint
 from .safe_load import safe_torch_load
+from .sources import CheckpointContents, read_checkpoint
+from .weights_file import load_weights, save_weights
 
 __all__ = [
+    "CheckpointContents",
     "CheckpointError",
     "CheckpointMismatchError",
     "CheckpointSaveError",
     "CorruptCheckpointError",
+    "LoadInfo",
     "UnsafeCheckpointError",
     "atomic_save",
     "atomic_write",
+    "load_checkpoint",
+    "load_weights",
+    "read_checkpoint",
     "safe_torch_load",
+    "save_weights",
 ]
