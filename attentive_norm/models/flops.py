@@ -58,7 +58,10 @@ def attentive_norm_macs(layer: nn.Module, input_shape: Sequence[int]) -> int:
 
 def count_flops_per_module(model: nn.Module, input_size: Sequence[int] = (1, 3, 224, 224)) -> dict[str, int]:
     """MACs of each counted module (by name; see the module docstring) for one eval-mode forward pass
-    of a zero tensor of ``input_size`` (batch included), on the model's device and dtype."""
+    of a zero tensor of ``input_size`` (batch included), on the model's device and dtype.
+
+    BN models can be counted on the ``meta`` device (no memory, no compute); AN layers need a real one.
+    """
     counts: dict[str, int] = {}
     handles = []
     an_prefixes = [name + "." for name, m in model.named_modules() if isinstance(m, _AN_LAYERS)]
