@@ -9,6 +9,8 @@ from .layers import (
     convert_sync_norm,
     freeze_norm,
 )
+from .models import create_model, list_models
+from .models.timm_bridge import install as _install_timm_bridge
 
 __version__ = "0.1.0"
 
@@ -20,5 +22,10 @@ __all__ = [
     "__version__",
     "convert_norm",
     "convert_sync_norm",
+    "create_model",
     "freeze_norm",
+    "list_models",
 ]
+
+# timm users get ``timm.create_model("resnet50_an")``; cheap, and a no-op without timm.
+_install_timm_bridge()
