@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
+from attentive_norm.models import create_model, list_models
 from attentive_norm.models.features import FeatureExtractor, build_model
 
 
@@ -80,3 +81,30 @@ def test_deepcopy_is_independent_and_holds_no_tensors() -> None:
     assert all(f.abs().sum() > 0 for f in extractor(x))
     assert all(f.abs().sum() == 0 for f in twin(x))
     assert not any("_feature_extractor_output" in m.__dict__ for m in extractor.modules())
+
+
+@pytest.fixture
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("_one_thread")
+@pytest.mark.parametrize("name", list_models())
+def test_every_zoo_model_follows_the_contract(name: str) -> None:
+    model = create_model(name, num_classes=3).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        feats = model.forward_features(x)
+        assert feats.shape[1] == model.num_features == model.feature_info[-1]["num_chs"]
+        assert torch.allclose(model(x), model.forward_head(feats)) and model.num_classes == 3
+        assert model.forward_head(feats, pre_logits=True).shape == (1, model.num_features)
+        extractor = FeatureExtractor(model)
+        maps = extractor(x)
+    assert [tuple(f.shape[1:]) for f in maps] == [
+        (info["num_chs"], 64 // info["reduction"], 64 // info["reduction"]) for info in model.feature_info
+    ]
+    assert model.num_classes == 0, "FeatureExtractor removes the classifier with reset_classifier(0)"
