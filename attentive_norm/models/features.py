@@ -4,7 +4,9 @@ Every zoo model class follows one small contract, so that one extractor works fo
 
 - attributes ``num_classes``, ``num_features`` (channels entering the classifier) and ``feature_info``,
   a list of ``{"num_chs": int, "reduction": int, "module": str}``, one per stage output, in forward
-  order (timm's convention; ``module`` is the name in ``named_modules()`` whose output is that map);
+  order (timm's convention: ``reduction`` is the stride w.r.t. the input, ``module`` the name in
+  ``named_modules()`` whose output is that map, which nothing later may modify in place); the last
+  entry has ``num_features`` channels;
 - ``forward_features(x)`` returns the last feature map, before pooling;
 - ``forward_head(x, pre_logits=False)`` pools and classifies (``pre_logits``: stop before the classifier);
 - ``reset_classifier(num_classes)`` replaces the classifier (``0``: no classifier, ``nn.Identity``);
