@@ -142,7 +142,9 @@ def slot_choices(block: type[BasicBlock | Bottleneck]) -> list[str]:
     return ["bn" + "".join(c) for c in combos]
 
 
-def _parse_slots(value: str | None, block: type[BasicBlock | Bottleneck], what: str, allow_all: bool) -> set:
+def _parse_slots(
+    value: str | None, block: type[BasicBlock | Bottleneck], what: str, allow_all: bool
+) -> set[str]:
     """``"bn13"`` -> {"bn1", "bn3"}; ``"all"`` adds the stem and the shortcut norms."""
     if value is None:
         return set()
