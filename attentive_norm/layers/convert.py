@@ -45,18 +45,19 @@ ModuleSelector = str | re.Pattern[str] | Callable[[str, nn.Module], bool] | None
 (``"*.bn2"``; ``*`` also matches dots), a compiled regex that must match the whole name, or a predicate
 ``(name, module) -> bool``. ``None`` selects every candidate layer."""
 
-_CONVERTIBLE_BATCH_NORMS: tuple[type[nn.Module], ...] = (nn.BatchNorm2d, nn.SyncBatchNorm)
-"""Exact classes :func:`convert_norm` replaces. Subclasses (timm's BatchNormAct2d fuses an activation,
-for one) carry more than a BatchNorm and are left alone with a warning."""
+_SYNCABLE_BATCH_NORMS: tuple[type[nn.Module], ...] = (nn.BatchNorm2d, nn.SyncBatchNorm)
+"""Exact BatchNorm classes the converters rebuild. Subclasses (timm's BatchNormAct2d fuses an
+activation, for one) carry more than a BatchNorm and are left alone with a warning."""
 
 
 def matching_norms(model: nn.Module, include: ModuleSelector = None) -> list[str]:
     """Qualified names of the layers ``convert_norm(model, include=include)`` replaces, in module order."""
     selected = _selector(include)
+    convertible = _convertible_types()
     return [
         name
         for name, module in model.named_modules()
-        if type(module) in _CONVERTIBLE_BATCH_NORMS and selected(name, module)
+        if type(module) in convertible and selected(name, module)
     ]
 
 
@@ -68,13 +69,22 @@ def convert_norm(
     preserve_output: bool = False,
     **layer_kwargs: object,
 ) -> nn.Module:
-    """Replace the selected ``nn.BatchNorm2d``/``nn.SyncBatchNorm`` layers with :class:`AttentiveBatchNorm2d`.
+    """Replace the selected BatchNorm layers with :class:`AttentiveBatchNorm2d`.
 
+    Converts ``nn.BatchNorm2d``, ``nn.SyncBatchNorm`` (assumed to see 4D input, as in CNNs) and the
+    frozen-statistics norms torchvision's ``FrozenBatchNorm2d`` and :class:`FrozenStatsBatchNorm2d`.
     Works in place and returns the model (a new module only if ``model`` itself is a BatchNorm), like
     PyTorch's SyncBN converter. Each new layer takes over the running statistics, ``eps``,
-    ``momentum``, ``track_running_stats``, device, dtype and train/eval mode of the layer it replaces; a
-    ``SyncBatchNorm``'s process group carries over too (its default, the world, once torch.distributed
-    is initialised). If the BatchNorm's affine parameters were frozen, the whole AN layer is frozen.
+    ``momentum``, ``track_running_stats``, device, dtype and train/eval mode of the layer it replaces,
+    and also:
+
+    - a ``SyncBatchNorm``'s process group (its default, the world, once torch.distributed is
+      initialised);
+    - frozen statistics: from a frozen-statistics norm comes an AN layer with ``freeze_statistics()``
+      whose mixture and attention train (the paper's detection setting; torchvision's
+      ``FrozenBatchNorm2d`` also fixes its affine, which AN replaces by trainable parameters);
+    - frozen parameters: if the affine parameters had ``requires_grad=False``, so has the AN layer.
+
     :func:`matching_norms` lists the layers that will be replaced; the names are also logged (INFO).
 
     Args:
@@ -100,7 +110,7 @@ def convert_norm(
     _warn_about_skipped_subclasses(model, include, "convert_norm")
     names = matching_norms(model, include)
     if not names:
-        raise ValueError(f"convert_norm: no BatchNorm2d/SyncBatchNorm layer matches include={include!r}")
+        raise ValueError(f"convert_norm: no convertible BatchNorm layer matches include={include!r}")
     mixtures = num_mixtures if callable(num_mixtures) else lambda _name, _module: num_mixtures
 
     def build(name: str, bn: nn.Module) -> nn.Module:
@@ -169,7 +179,7 @@ def freeze_norm(
         for name, module in model.named_modules()
         if isinstance(module, (AttentiveBatchNorm2d, AttentiveGroupNorm)) and selected(name, module)
     ]
-    plain_types = (*_CONVERTIBLE_BATCH_NORMS, FrozenStatsBatchNorm2d)
+    plain_types = (*_SYNCABLE_BATCH_NORMS, FrozenStatsBatchNorm2d)
     plain = {
         name
         for name, module in model.named_modules()
@@ -209,7 +219,7 @@ def _warn_about_skipped_subclasses(model: nn.Module, include: ModuleSelector, ca
         f"{name} ({type(module).__name__})"
         for name, module in model.named_modules()
         if isinstance(module, nn.modules.batchnorm._BatchNorm)
-        and type(module) not in _CONVERTIBLE_BATCH_NORMS
+        and type(module) not in _SYNCABLE_BATCH_NORMS
         and selected(name, module)
     ]
     if skipped:
@@ -239,16 +249,24 @@ def _replace_modules(
     return model
 
 
+def _convertible_types() -> tuple[type[nn.Module], ...]:
+    from torchvision.ops import FrozenBatchNorm2d  # imported on use: torchvision takes seconds to load
+
+    return (*_SYNCABLE_BATCH_NORMS, FrozenStatsBatchNorm2d, FrozenBatchNorm2d)
+
+
 def _attentive_from_batch_norm(
     bn: nn.Module, num_mixtures: int, preserve_output: bool, layer_kwargs: dict[str, object]
 ) -> AttentiveBatchNorm2d:
+    """An AN layer in ``bn``'s place: a BatchNorm2d/SyncBatchNorm or a frozen-statistics norm."""
+    stats_frozen = not isinstance(bn, nn.modules.batchnorm._BatchNorm)
     reference = next((t for t in (*bn.parameters(), *bn.buffers()) if t.is_floating_point()), None)
     layer = AttentiveBatchNorm2d(
-        bn.num_features,
+        bn.running_mean.numel() if stats_frozen else bn.num_features,
         num_mixtures,
         eps=bn.eps,
-        momentum=bn.momentum,
-        track_running_stats=bn.track_running_stats,
+        momentum=getattr(bn, "momentum", 0.1),
+        track_running_stats=getattr(bn, "track_running_stats", True),
         device=reference.device if reference is not None else None,
         dtype=reference.dtype if reference is not None else None,
         **layer_kwargs,
@@ -257,16 +275,28 @@ def _attentive_from_batch_norm(
         with torch.no_grad():
             layer.running_mean.copy_(bn.running_mean)
             layer.running_var.copy_(bn.running_var)
-            layer.num_batches_tracked.copy_(bn.num_batches_tracked)
+            if getattr(bn, "num_batches_tracked", None) is not None:
+                layer.num_batches_tracked.copy_(bn.num_batches_tracked)
     if isinstance(bn, nn.SyncBatchNorm):
         layer.process_group = _sync_group(bn)
         if layer.attention.norm is not None:
             layer.attention.norm.process_group = layer.process_group
+    if stats_frozen:
+        layer.freeze_statistics(True)
     if preserve_output:
-        _reproduce_batch_norm(layer, bn)
-    if bn.affine and not any(p.requires_grad for p in bn.parameters()):
+        _reproduce_batch_norm(layer, *_affine(bn))
+    parameters = list(bn.parameters())
+    if parameters and not any(p.requires_grad for p in parameters):
         layer.requires_grad_(False)
     return layer
+
+
+def _affine(bn: nn.Module) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """A norm's per-channel scale and shift (parameters or, for FrozenBatchNorm2d, buffers); None if
+    it has none."""
+    if getattr(bn, "affine", True):
+        return bn.weight, bn.bias
+    return None, None
 
 
 def _sync_group(bn: nn.SyncBatchNorm) -> object | None:
@@ -282,8 +312,11 @@ def _sync_group(bn: nn.SyncBatchNorm) -> object | None:
     return None
 
 
-def _reproduce_batch_norm(layer: AttentiveBatchNorm2d, bn: nn.Module) -> None:
-    """Make ``layer`` compute ``bn``'s function: a constant attention and equal mixture rows."""
+def _reproduce_batch_norm(
+    layer: AttentiveBatchNorm2d, weight: torch.Tensor | None, bias: torch.Tensor | None
+) -> None:
+    """Make ``layer`` compute the BatchNorm with affine ``weight``, ``bias`` (identity if None): a
+    constant attention and equal mixture rows."""
     head = layer.attention
     with torch.no_grad():
         if head.norm is not None:
@@ -295,8 +328,9 @@ def _reproduce_batch_norm(layer: AttentiveBatchNorm2d, bn: nn.Module) -> None:
         if not total > 0:
             raise ValueError(f"attention head {head.head!r} gives weights summing to {total.item()}")
         channels = layer.num_features
-        weight = bn.weight if bn.affine else torch.ones(channels, device=lam0.device)
-        bias = bn.bias if bn.affine else torch.zeros(channels, device=lam0.device)
+        if weight is None or bias is None:
+            weight = torch.ones(channels, device=lam0.device)
+            bias = torch.zeros(channels, device=lam0.device)
         layer.mixture_weight.copy_((weight.to(total.dtype) / total).expand_as(layer.mixture_weight))
         layer.mixture_bias.copy_((bias.to(total.dtype) / total).expand_as(layer.mixture_bias))
 

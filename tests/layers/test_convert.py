@@ -8,9 +8,11 @@ import pytest
 import torch
 from torch import nn
 from torchvision.models import resnet18
+from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
+from torchvision.ops import FrozenBatchNorm2d
 
 from attentive_norm import AttentiveBatchNorm2d, convert_norm
-from attentive_norm.layers import ATTENTION_HEADS, matching_norms
+from attentive_norm.layers import ATTENTION_HEADS, FrozenStatsBatchNorm2d, matching_norms
 
 
 def _randomise_batch_norms(model: nn.Module) -> nn.Module:
@@ -163,7 +165,7 @@ def test_frozen_batch_norm_gives_frozen_layer() -> None:
 
 def test_errors_and_warnings() -> None:
     model = resnet18()
-    with pytest.raises(ValueError, match="no BatchNorm2d"):
+    with pytest.raises(ValueError, match="no convertible BatchNorm"):
         convert_norm(model, include="*.bn9")
     with pytest.raises(TypeError, match="eps"):
         convert_norm(model, eps=1e-3)
@@ -177,3 +179,33 @@ def test_errors_and_warnings() -> None:
         warnings.simplefilter("always")
         convert_norm(nn.Sequential(nn.BatchNorm2d(2), BatchNormWithExtras(2)))
     assert any("BatchNormWithExtras" in str(w.message) for w in caught)
+
+
+def test_torchvision_frozen_batch_norm_becomes_an_with_frozen_statistics() -> None:
+    """torchvision's detection backbones use FrozenBatchNorm2d; AN there learns, statistics stay fixed."""
+    original = resnet_fpn_backbone(backbone_name="resnet18", weights=None, trainable_layers=3).double()
+    with torch.no_grad():
+        for module in original.modules():
+            if isinstance(module, FrozenBatchNorm2d):
+                module.running_mean.normal_(0.0, 0.2)
+                module.running_var.uniform_(0.5, 2.0)
+                module.weight.normal_(1.0, 0.2)
+    converted = convert_norm(copy.deepcopy(original), include="*.bn2", preserve_output=True).train()
+    x = torch.randn(2, 3, 64, 64, dtype=torch.float64)
+    before = {name: b.clone() for name, b in converted.named_buffers()}
+
+    for key, value in converted(x).items():
+        torch.testing.assert_close(value, original(x)[key])
+    layer = converted.body.layer1[0].bn2
+    assert isinstance(layer, AttentiveBatchNorm2d) and layer.freeze_stats
+    assert all(p.requires_grad for p in layer.parameters())
+    assert all(torch.equal(b, before[name]) for name, b in converted.named_buffers())
+
+
+def test_frozen_stats_batch_norm_is_convertible() -> None:
+    bn = _randomise_batch_norms(nn.BatchNorm2d(4, dtype=torch.float64))
+    original = nn.Sequential(FrozenStatsBatchNorm2d.from_batch_norm(bn))
+    converted = convert_norm(copy.deepcopy(original), num_mixtures=3, preserve_output=True)
+    x = torch.randn(2, 4, 3, 3, dtype=torch.float64)
+    torch.testing.assert_close(converted.train()(x), original(x))
+    assert converted[0].freeze_stats and converted[0].mixture_weight.requires_grad
