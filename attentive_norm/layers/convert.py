@@ -1,7 +1,8 @@
 """Model surgery for Attentive Normalization: put AN into existing networks, synchronise it, freeze it.
 
-- :func:`convert_norm` replaces chosen BatchNorm2d layers of any model with
-  :class:`AttentiveBatchNorm2d`, optionally so that the model computes exactly what it computed before.
+- :func:`convert_norm` replaces chosen BatchNorm2d layers of any model (frozen-statistics ones such
+  as torchvision's ``FrozenBatchNorm2d`` included) with :class:`AttentiveBatchNorm2d`, optionally so
+  that the model computes exactly what it computed before.
 - :func:`convert_sync_norm` synchronises batch statistics across processes: plain BatchNorm through
   PyTorch's (or timm's) SyncBatchNorm converter, AN layers through their own ``process_group``.
 - :func:`freeze_norm` freezes the statistics ("norm_eval"), or the statistics and the parameters.
