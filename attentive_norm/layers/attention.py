@@ -53,11 +53,13 @@ def spatial_descriptor(x: Tensor, pooling: str = "mean_rsqrt_var", eps: float = 
     variance is 0/0; we define it as 0 (a single value has no spread), so the descriptor is
     ``x * rsqrt(eps)`` instead of the authors' NaN. (An FX leaf: it branches on the map size.)
     """
+    if pooling != "mean_rsqrt_var" and pooling != "mean":
+        raise ValueError(f"unknown pooling '{pooling}'; expected 'mean_rsqrt_var' or 'mean'")
     x = x.to(statistics_dtype(x))
+    if x.shape[0] == 0:  # an empty batch (detection heads get them): no variance to warn about
+        return x.sum(dim=[2, 3])
     if pooling == "mean":
         return x.mean(dim=[2, 3])
-    if pooling != "mean_rsqrt_var":
-        raise ValueError(f"unknown pooling '{pooling}'; expected 'mean_rsqrt_var' or 'mean'")
     num_pixels = x.shape[2] * x.shape[3]
     var, mean = torch.var_mean(x, dim=[2, 3], correction=0)
     var = var * (num_pixels / max(num_pixels - 1, 1))

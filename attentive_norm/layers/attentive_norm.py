@@ -130,15 +130,31 @@ class AttentiveBatchNorm2d(_AttentiveNorm):
         pooling_eps: the 1e-3 inside ``rsqrt(var + eps)`` of the pooling.
         attention_momentum: momentum of the logit BatchNorm's running statistics.
 
-    Behaviour at the edges (documented choices):
-        - In training, a channel with a single value in the batch (batch 1 of a 1×1 map) has no batch
-          variance; the layer then standardises with its running statistics and leaves them unchanged.
-          The logit BatchNorm does the same for batch size 1. Without running statistics the
-          standardised value is 0 (what the formula gives for zero variance).
+    Behaviour at the edges (documented choices, tested in tests/layers/test_edge_cases.py):
+        - Batch size 1 in training: the standardisation uses the H×W values of the one instance (and
+          updates the running statistics), as ``nn.BatchNorm2d`` does. The logit BatchNorm then sees one
+          value per logit, which has no variance: it uses its running statistics and leaves them alone.
+        - At most one value per channel in training (batch 1 of a 1×1 map, or an empty batch, as
+          detection heads can get): the layer standardises with its running statistics and leaves them
+          unchanged, so the output equals the eval-mode output instead of an error.
+        - ``track_running_stats=False``: batch statistics in training and eval (as ``nn.BatchNorm2d``);
+          a single value then standardises to 0 and a single instance gets the logit BatchNorm's bias.
+        - ``momentum=None``: cumulative average of the batch statistics (as ``nn.BatchNorm2d``).
         - The pooling's unbiased variance over a 1×1 map is taken as 0 (the authors' code gives NaN).
+        - Constant input in training: zero batch variance, standardised to 0 (up to rounding), so the
+          output is the attention-weighted mixture bias; in eval the running statistics apply as usual.
+        - Magnitudes: statistics are computed in float32 (or float64) even for half-precision input;
+          for large inputs (``|x| >> 1``) the layer is scale invariant, for tiny ones (variance below
+          ``eps``) the eps terms dominate, as in BatchNorm. Output and gradients stay finite.
         - Mixture weights are not normalised to sum to one (as published).
         - ``freeze_statistics()`` ("norm_eval"): running statistics are used and not updated, while
           the mixture and attention keep learning. See ``convert.freeze_norm``.
+
+    Works with ``torch.compile(fullgraph=True)``, TorchScript, ONNX export (eval), channels_last and
+    autocast (statistics, attention and mixture in float32; output in the input's dtype). Under
+    ``torch.fx.symbolic_trace`` the shape-dependent helpers become single nodes; as for any non-leaf
+    module the traced graph fixes train/eval mode at trace time. A layer whose ``process_group`` is
+    set (SyncBatchNorm) cannot be scripted.
     """
 
     def __init__(
@@ -241,7 +257,8 @@ class AttentiveGroupNorm(_AttentiveNorm):
 
     Standardisation is ``GroupNorm(num_groups, affine=False)``; the attention head is a 1×1 conv with
     bias and a hard sigmoid, with no norm inside, so the layer keeps no running statistics and behaves
-    the same in training and eval.
+    the same in training and eval, for any batch size (including 1 and empty batches). A group holding
+    a single value (one channel per group on a 1×1 map) standardises to 0.
     """
 
     def __init__(
@@ -257,8 +274,7 @@ class AttentiveGroupNorm(_AttentiveNorm):
         device: torch.device | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
-        if not isinstance(num_groups, int) or num_groups < 1:
-            raise ValueError(f"num_groups must be a positive int, got {num_groups!r}")
+        check_positive_int("num_groups", num_groups)
         if isinstance(num_channels, int) and num_channels % num_groups != 0:
             raise ValueError(
                 f"num_groups={num_groups} must divide num_channels={num_channels} "
@@ -281,7 +297,9 @@ class AttentiveGroupNorm(_AttentiveNorm):
 
     def forward(self, x: Tensor) -> Tensor:
         check_input(x, self.num_channels, "AttentiveGroupNorm")
-        return self._mix(x, F.group_norm(x, self.num_groups, None, None, self.eps))
+        # torch.group_norm, not F.group_norm: the latter refuses a batch of one whose groups hold one
+        # value each, which standardises to 0 like any zero-variance group.
+        return self._mix(x, torch.group_norm(x, self.num_groups, None, None, self.eps))
 
     def extra_repr(self) -> str:
         return (

@@ -77,13 +77,14 @@ def normalize_batch(
     """Training-mode BatchNorm without affine on N×C×... ``x``; updates the running statistics if
     ``update``.
 
-    A channel holding a single value has no batch variance: with running statistics the input is then
-    standardised with them and they are left unchanged; without, the result is 0 (zero deviation from a
-    mean equal to the value). Fixed momentum uses PyTorch's fused kernel; ``momentum=None`` the
-    explicit path, whose cumulative factor is a tensor.
+    A channel holding a single value has no batch variance, and an empty batch no statistics at all:
+    with running statistics the input is then standardised with them and they are left unchanged;
+    without, a single value gives 0 (zero deviation from a mean equal to the value). Fixed momentum
+    uses PyTorch's fused kernel; ``momentum=None`` the explicit path, whose cumulative factor is a
+    tensor.
     """
     count = values_per_channel(x)
-    if count == 1 and running_mean is not None and running_var is not None:
+    if count <= 1 and running_mean is not None and running_var is not None:
         return F.batch_norm(x, running_mean, running_var, None, None, False, 0.0, eps)
     if momentum is not None and count > 1:
         update = update and running_mean is not None
@@ -130,6 +131,8 @@ def synced_batch_moments(x: Tensor, process_group: object) -> tuple[Tensor, Tens
 
     local_count = values_per_channel(x)
     mean, var = batch_moments(x)
+    if local_count == 0:  # an empty local batch contributes nothing (its moments are NaN)
+        mean, var = torch.zeros_like(mean), torch.zeros_like(var)
     count = torch.full((1,), float(local_count), dtype=mean.dtype, device=x.device)
     gathered = all_gather(torch.cat([count, mean, var * local_count]), group=process_group)
     stacked = torch.stack(list(gathered))  # world × (1 + 2C)
@@ -154,13 +157,13 @@ def synced_normalize_batch(
 ) -> Tensor:
     """:func:`normalize_batch` with the statistics of every process's batch (SyncBatchNorm).
 
-    The single-value fallback is decided on the global count, after the collective, so processes with
-    different local batch sizes never disagree about whether to take part in it.
+    The fallback for at most one value per channel is decided on the global count, after the
+    collective, so processes with different local batch sizes never disagree about taking part in it.
     """
     if not distributed_active(process_group):
         return normalize_batch(x, running_mean, running_var, num_batches_tracked, update, momentum, eps)
     mean, var, count = synced_batch_moments(x, process_group)
-    if count == 1 and running_mean is not None and running_var is not None:
+    if count <= 1 and running_mean is not None and running_var is not None:
         return F.batch_norm(x, running_mean, running_var, None, None, False, 0.0, eps)
     if update:
         update_running_stats(running_mean, running_var, num_batches_tracked, momentum, mean, var, count)
