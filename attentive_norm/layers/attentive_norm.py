@@ -105,7 +105,9 @@ class _AttentiveNorm(nn.Module):
         unexpected_keys: list,
         error_msgs: list,
     ) -> None:
-        # The authors' layout (ECCV 2020 code): rename in place so their checkpoints load unchanged.
+        # local_metadata["version"] is our _version for dicts we wrote and absent for the authors'
+        # (and for ours after the metadata was dropped, e.g. by dict(state_dict)). Their layout is
+        # recognised by its key names instead, so it loads either way; ``copy_`` casts their fp16.
         for theirs, ours in _OFFICIAL_RENAMES:
             key = prefix + theirs
             if key in state_dict and prefix + ours not in state_dict:
