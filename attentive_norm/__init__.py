@@ -2,12 +2,14 @@
 
 from .layers import (
     ATTENTION_HEADS,
+    NORM_LAYERS,
     POOLINGS,
     AttentiveBatchNorm2d,
     AttentiveGroupNorm,
     convert_norm,
     convert_sync_norm,
     freeze_norm,
+    get_norm_layer,
 )
 from .models import create_model, list_models
 from .models.timm_bridge import install as _install_timm_bridge
@@ -16,6 +18,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ATTENTION_HEADS",
+    "NORM_LAYERS",
     "POOLINGS",
     "AttentiveBatchNorm2d",
     "AttentiveGroupNorm",
@@ -24,6 +27,7 @@ __all__ = [
     "convert_sync_norm",
     "create_model",
     "freeze_norm",
+    "get_norm_layer",
     "list_models",
 ]
 
