@@ -1,0 +1,385 @@
+"""The training loop: one function, :func:`train`, from a configuration to a run folder.
+
+Single process or ``torchrun`` (DDP, one process per GPU or gloo on CPU). Rank 0 prints, plots and
+writes; every process computes. A run folder holds ``config.yaml`` (the resolved configuration),
+``summary.csv``, ``checkpoint_last.pt``/``checkpoint_best.pt``, ``curves.png`` and, for models with AN,
+``attention.png``/``attention.csv``. A run resumed from ``checkpoint_last.pt`` continues exactly: the
+sampler position, every random state and the running epoch's sums are restored.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from ..checkpoint import CheckpointError
+from ..data.folder import DataError
+from ..data.loader import build_loaders
+from ..data.mixup import mixup, mixup_loss
+from ..data.seeds import mix_seed
+from ..layers.convert import convert_sync_norm
+from ..models import create_model
+from . import distributed, state
+from .attention_maps import an_layer_names, class_mean_attention
+from .config import ConfigError, TrainConfig, dump_yaml
+from .ema import ModelEma
+from .evaluate import autocast, correct_topk, evaluate
+from .optim import build_optimizer
+from .plots import plot_attention, plot_curves
+from .report import table_header, table_row, write_csv
+from .schedule import WarmupCosine
+
+KILL_ENV = "ATTENTIVE_NORM_KILL_AFTER_STEP"
+"""Testing hook: the process SIGKILLs itself after this many optimisation steps (resume tests)."""
+
+RESUME_FIXED = ("model", "model_kwargs", "data", "subset", "batch_size", "seed", "image_size")
+"""Settings a resumed run must share with the checkpoint (they fix the model and the data order)."""
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path | None
+    best_top1: float
+    best_epoch: int
+    final: dict
+    history: list[dict]
+
+
+def train(cfg: TrainConfig, resume: str | os.PathLike | None = None) -> TrainResult:
+    """Train as ``cfg`` says (continuing the checkpoint ``resume``, a file or run folder, if given)."""
+    env = distributed.setup(cfg.device)
+    log = _printer(env.is_main)
+    saved = state.load(resume) if resume is not None else None
+    if saved is not None:
+        _check_resumable(cfg, saved)
+    torch.set_num_threads(cfg.threads or env.cpus())
+    _configure_determinism(cfg.deterministic)
+    loaders = build_loaders(cfg, env.world_size, env.rank, env.cpus(), pin_memory=env.device.type == "cuda")
+
+    # Identical initial weights on every process; then a distinct random stream per process.
+    _seed_everything(cfg.seed)
+    model_args = {
+        "model": cfg.model,
+        "num_classes": len(loaders.classes),
+        "model_kwargs": dict(cfg.model_kwargs),
+    }
+    model = build_model(model_args).to(env.device)
+    _seed_everything(cfg.seed + env.rank)
+    attention_layer = _attention_layer(model, cfg.attention_layer)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    ema = ModelEma(model, cfg.ema_decay) if cfg.ema_decay else None
+    if env.distributed and cfg.sync_norm:
+        # PyTorch's SyncBatchNorm refuses CPU tensors; AN layers synchronise on any backend.
+        model = convert_sync_norm(model, sync_batch_norm=env.device.type == "cuda")
+    optimizer = build_optimizer(
+        model,
+        cfg.peak_lr(),
+        momentum=cfg.momentum,
+        nesterov=cfg.nesterov,
+        weight_decay=cfg.weight_decay,
+        decay_norm_bias=cfg.decay_norm_bias,
+    )
+    steps_per_epoch = loaders.train_sampler.batches_per_epoch()
+    schedule = WarmupCosine(
+        optimizer,
+        cfg.peak_lr(),
+        total_steps=cfg.epochs * steps_per_epoch,
+        warmup_steps=round(cfg.warmup_epochs * steps_per_epoch),
+        min_lr=cfg.min_lr,
+    )
+    scaler = torch.amp.GradScaler(env.device.type, enabled=cfg.amp == "fp16")
+    start_epoch, start_batch, history, best = 0, 0, [], {"top1": -1.0, "epoch": 0}
+    meters = _new_meters(env.device)
+    if saved is not None:
+        if saved["args"] != model_args:
+            raise CheckpointError(f"{resume}: holds the model {saved['args']}, this run builds {model_args}")
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        schedule.load_state_dict(saved["scheduler"])
+        scaler.load_state_dict(saved["scaler"])
+        if ema is not None and saved["ema"] is not None:
+            ema.load_state_dict(saved["ema"])
+        start_epoch, start_batch, history, best = (
+            saved["epoch"],
+            saved["batch"],
+            saved["history"],
+            saved["best"],
+        )
+        meters = {k: (v.to(env.device) if torch.is_tensor(v) else v) for k, v in saved["meters"].items()}
+    # The real schedule: the checkpoint's may have been built for another number of epochs.
+    schedule.total_steps = cfg.epochs * steps_per_epoch
+
+    net: nn.Module = model
+    if env.distributed:
+        net = DistributedDataParallel(
+            model, device_ids=[env.local_rank] if env.device.type == "cuda" else None
+        )
+    if cfg.compile:
+        net = torch.compile(net)
+
+    run_dir = _run_folder(cfg, resume) if env.is_main else None
+    if run_dir is not None:
+        header = (
+            f"resolved configuration of run {run_dir.name}; {env.world_size} process(es), "
+            f"{cfg.batch_size // env.world_size} images per process, peak LR {cfg.peak_lr():.6g}"
+        )
+        (run_dir / "config.yaml").write_text(dump_yaml(cfg, header))
+    n_params = sum(p.numel() for p in model.parameters())
+    data_name = cfg.data or "bundled digits (scikit-learn)"
+    log(
+        f"{cfg.model}: {n_params:,} parameters, {len(loaders.classes)} classes | data: {data_name}, "
+        f"{len(loaders.train.dataset)} train / {len(loaders.val.dataset)} val images | "
+        f"{env.world_size} process(es) on {env.device.type}, {steps_per_epoch} steps/epoch, "
+        f"global batch {cfg.batch_size}, peak LR {cfg.peak_lr():.4g}"
+    )
+    if saved is not None:
+        log(f"resuming {resume} at epoch {start_epoch + 1}, batch {start_batch} (step {saved['step']})")
+        # Same world size: every process continues its own random stream (else rank 0's, for all).
+        rngs = saved["rng"]
+        state.set_rng_state(rngs[env.rank] if len(rngs) == env.world_size else rngs[0])
+
+    def checkpoint(epoch: int, batch: int, path_names: tuple[str, ...]) -> None:
+        rngs = distributed.all_gather_objects(state.rng_state())
+        if not torch.isfinite(distributed.all_reduce_sum(meters["sums"])[0]):
+            raise FloatingPointError(
+                f"the training loss is not finite (epoch {epoch + 1}); last checkpoint kept"
+            )
+        if run_dir is None:
+            return
+        snapshot = {
+            "args": model_args,
+            "classes": loaders.classes,
+            "config": cfg.to_dict(),
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": schedule.state_dict(),
+            "scaler": scaler.state_dict(),
+            "ema": ema.state_dict() if ema is not None else None,
+            "epoch": epoch,
+            "batch": batch,
+            "step": epoch * steps_per_epoch + batch,
+            "rng": rngs,
+            "history": history,
+            "meters": {k: (v.cpu() if torch.is_tensor(v) else v) for k, v in meters.items()},
+            "best": best,
+            "world_size": env.world_size,
+        }
+        for name in path_names:
+            state.save(snapshot, run_dir / name)
+
+    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    printed_header = bool(history)
+    if history:
+        log(table_header(history[-1]))
+        for row in history:
+            log(table_row(row))
+    for epoch in range(start_epoch, cfg.epochs):
+        first = start_batch if epoch == start_epoch else 0
+        if first == 0:
+            meters = _new_meters(env.device)
+        loaders.train_sampler.set_epoch(epoch, first)
+        net.train()
+        bar = tqdm(
+            loaders.train,
+            total=steps_per_epoch,
+            initial=first,
+            desc=f"epoch {epoch + 1}/{cfg.epochs}",
+            disable=not (env.is_main and cfg.progress),
+            leave=False,
+            dynamic_ncols=True,
+        )
+        tick = time.perf_counter()
+        for batch, (images, target, skipped) in enumerate(bar, start=first):
+            step = epoch * steps_per_epoch + batch
+            lr = schedule.set_step(step)
+            if len(target) == 0:
+                raise DataError(
+                    f"every image of a batch failed to load, e.g. {skipped[0].what}: {skipped[0].reason}"
+                )
+            images = images.to(env.device, non_blocking=True, memory_format=memory_format)
+            target = target.to(env.device, non_blocking=True)
+            if cfg.mixup_alpha > 0:
+                images, partner, lam = mixup(
+                    images, target, cfg.mixup_alpha, seed=mix_seed(cfg.seed, step, env.rank)
+                )
+            with autocast(env.device, cfg.amp):
+                logits = net(images)
+                if cfg.mixup_alpha > 0:
+                    loss = mixup_loss(logits, target, partner, lam, cfg.label_smoothing)
+                else:
+                    loss = F.cross_entropy(logits, target, label_smoothing=cfg.label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if cfg.clip_grad is not None:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
+            scaler.step(optimizer)
+            scaler.update()
+            if ema is not None:
+                ema.update(model)
+
+            with torch.no_grad():
+                n = len(target)
+                meters["sums"] += torch.stack(
+                    [
+                        loss.detach().double() * n,
+                        correct_topk(logits, target, (1,))[0].double(),
+                        _f64(n, env.device),
+                        _f64(len(skipped), env.device),
+                    ]
+                )
+            now = time.perf_counter()
+            meters["seconds"] += now - tick
+            tick = now
+            for bad in skipped:
+                log(f"skipped an unreadable image: {bad.what} ({bad.reason})")
+            if env.is_main and cfg.progress and (batch % 10 == 0 or batch == steps_per_epoch - 1):
+                bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.3g}")
+            if cfg.save_every and (step + 1) % cfg.save_every == 0:
+                checkpoint(epoch, batch + 1, (state.LAST,))
+            if os.environ.get(KILL_ENV) == str(step + 1):
+                os.kill(os.getpid(), signal.SIGKILL)
+        bar.close()
+
+        sums = distributed.all_reduce_sum(meters["sums"]).tolist()
+        seconds = meters["seconds"]
+        val = evaluate(model, loaders.val, env.device, amp=cfg.amp, channels_last=cfg.channels_last)
+        row = {
+            "epoch": epoch + 1,
+            "train_loss": sums[0] / max(sums[2], 1),
+            "train_top1": 100 * sums[1] / max(sums[2], 1),
+            "val_loss": val["loss"],
+            "val_top1": val["top1"],
+            "val_top5": val["top5"],
+        }
+        if ema is not None:
+            ema_val = evaluate(
+                ema.module, loaders.val, env.device, amp=cfg.amp, channels_last=cfg.channels_last
+            )
+            row.update(ema_top1=ema_val["top1"], ema_top5=ema_val["top5"])
+        row.update(
+            lr=schedule.lr_at(max(schedule.last_step, 0)),
+            images_per_s=sums[2] / max(seconds, 1e-9),
+            epoch_time_s=seconds,
+            skipped=int(sums[3]) + val["skipped"],
+        )
+        history.append(row)
+        is_best = row["val_top1"] > best["top1"]
+        if is_best:
+            best = {"top1": row["val_top1"], "epoch": epoch + 1}
+        if not printed_header:
+            log(table_header(row))
+            printed_header = True
+        log(table_row(row))
+        checkpoint(epoch + 1, 0, (state.LAST, state.BEST) if is_best else (state.LAST,))
+        if run_dir is not None:
+            write_csv(history, run_dir / "summary.csv")
+            plot_curves(history, run_dir / "curves.png", title=f"{cfg.model} ({data_name})")
+
+    if attention_layer is not None:
+        weights = class_mean_attention(model, loaders.val, attention_layer, len(loaders.classes), env.device)
+        if run_dir is not None:
+            plot_attention(weights, loaders.classes, attention_layer, run_dir / "attention.png")
+            rows = [
+                {"class": c, **{f"k{k}": round(float(w), 6) for k, w in enumerate(weights[i])}}
+                for i, c in enumerate(loaders.classes)
+            ]
+            write_csv(rows, run_dir / "attention.csv")
+    final = history[-1]
+    log(
+        f"final: top-1 {final['val_top1']:.2f}%  top-5 {final['val_top5']:.2f}%  "
+        f"(best top-1 {best['top1']:.2f}% at epoch {best['epoch']})"
+    )
+    if run_dir is not None:
+        log(f"run folder: {run_dir}")
+    return TrainResult(run_dir, best["top1"], best["epoch"], final, history)
+
+
+def build_model(args: dict) -> nn.Module:
+    """The model a checkpoint's ``args`` describe (``model``, ``num_classes``, ``model_kwargs``)."""
+    try:
+        return create_model(args["model"], num_classes=args["num_classes"], **args["model_kwargs"])
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"cannot build model {args['model']!r} with {args['model_kwargs']}: {exc}") from exc
+
+
+def _attention_layer(model: nn.Module, wanted: str | None) -> str | None:
+    names = an_layer_names(model)
+    if wanted is None:
+        return names[-1] if names else None
+    if wanted not in names:
+        raise ConfigError(
+            f"attention_layer {wanted!r} is not an AN layer of the model; AN layers: {', '.join(names)}"
+        )
+    return wanted
+
+
+def _check_resumable(cfg: TrainConfig, saved: dict) -> None:
+    before = saved["config"]
+    changed = [k for k in RESUME_FIXED if before.get(k) != getattr(cfg, k)]
+    if changed:
+        detail = ", ".join(f"{k}: {before.get(k)!r} -> {getattr(cfg, k)!r}" for k in changed)
+        raise ConfigError(
+            f"cannot resume with changed settings ({detail}); they fix the model and data order"
+        )
+
+
+def _run_folder(cfg: TrainConfig, resume: str | os.PathLike | None) -> Path:
+    if resume is not None:
+        return state.resolve(resume).parent
+    if cfg.name is not None:
+        path = Path(cfg.output) / cfg.name
+        if path.exists() and any(path.iterdir()):
+            raise ConfigError(
+                f"run folder {path} exists; continue it with --resume {path} or pick another --name"
+            )
+    else:
+        stem = Path(cfg.output) / f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.model}"
+        path, n = stem, 1
+        while path.exists():
+            n += 1
+            path = stem.with_name(f"{stem.name}-{n}")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _new_meters(device: torch.device) -> dict:
+    """The running epoch's sums (loss × images, correct, images, skipped) and training seconds."""
+    return {"sums": torch.zeros(4, dtype=torch.float64, device=device), "seconds": 0.0}
+
+
+def _f64(value: float, device: torch.device) -> torch.Tensor:
+    return torch.tensor(float(value), dtype=torch.float64, device=device)
+
+
+def _seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+
+
+def _configure_determinism(deterministic: bool) -> None:
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark = not deterministic
+
+
+def _printer(enabled: bool):
+    def log(message: str) -> None:
+        if enabled:
+            tqdm.write(message)
+
+    return log
