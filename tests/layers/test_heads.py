@@ -79,3 +79,13 @@ def test_descriptors_follow_the_formulas() -> None:
 def test_descriptor_rejects_unknown_pooling() -> None:
     with pytest.raises(ValueError, match="unknown pooling 'max'; expected 'mean_rsqrt_var' or 'mean'"):
         spatial_descriptor(torch.randn(1, 2, 3, 3), "max")
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.:FutureWarning")
+@pytest.mark.parametrize("head_name", ATTENTION_HEADS)
+def test_every_head_scripts_and_traces(head_name: str) -> None:
+    layer = AttentiveBatchNorm2d(CHANNELS, MIXTURES, attention=head_name, track_running_stats=False)
+    x = torch.randn(3, CHANNELS, 4, 4)
+    expected = layer(x)
+    torch.testing.assert_close(torch.jit.script(layer)(x), expected)
+    torch.testing.assert_close(torch.fx.symbolic_trace(layer)(x), expected)
