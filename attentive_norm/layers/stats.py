@@ -1,8 +1,9 @@
 """Batch statistics for the AN layers: per-channel moments, training-mode standardisation, running
 averages, and the same synchronised across processes.
 
-Everything except the ``synced_*`` functions is TorchScript-compatible, free of ``.item()`` (so
-``torch.compile(fullgraph=True)`` sees no graph break), and computes statistics in float32 or wider.
+Everything but the distributed helpers (``distributed_active``, ``synced_*``) is TorchScript-compatible,
+free of ``.item()`` (so ``torch.compile(fullgraph=True)`` sees no graph break), and computes statistics
+in float32 or wider.
 Callers that want ``torch.fx.symbolic_trace`` to work register these functions with ``torch.fx.wrap``
 in their own module: they branch on shapes, which symbolic tracing cannot follow.
 """
