@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from .errors import CheckpointMismatchError
 from .keys import parameter_key_names, strip_wrapper_prefixes, to_model_key_names
 from .masters import apply_fp32_masters
-from .sources import read_checkpoint
+from .sources import CheckpointContents, read_checkpoint
 
 _SHOWN = 5
 
@@ -45,12 +45,16 @@ class LoadInfo:
 
 
 def load_checkpoint(
-    model: nn.Module, path: str | os.PathLike, strict: bool = True, use_fp32_master: bool = True
+    model: nn.Module,
+    path: str | os.PathLike | CheckpointContents,
+    strict: bool = True,
+    use_fp32_master: bool = True,
 ) -> LoadInfo:
     """Load ``path`` (ours: training checkpoint or safetensors; the authors'; a plain state dict) into
     ``model``, casting to the model's dtypes.
 
     Args:
+        path: the file, or its contents already read with :func:`.sources.read_checkpoint`.
         strict: if set (default), every model key must be in the checkpoint and vice versa. With
             ``strict=False`` missing/unexpected keys are allowed and listed in the result; shape
             mismatches are always an error.
@@ -62,7 +66,7 @@ def load_checkpoint(
             architecture the file says it holds); the model is left unchanged.
         CorruptCheckpointError, UnsafeCheckpointError, CheckpointError: see :mod:`.sources`.
     """
-    contents = read_checkpoint(path)
+    contents = path if isinstance(path, CheckpointContents) else read_checkpoint(path)
     model_state = model.state_dict()
     state = strip_wrapper_prefixes(contents.state_dict, model_state)
     weights, note = "stored", "weights as stored in the file"
@@ -82,13 +86,20 @@ def load_checkpoint(
     if wrong_shape or (strict and (missing or unexpected)):
         raise CheckpointMismatchError(
             _mismatch_message(
-                path, contents.model_name, model, state, model_state, missing, unexpected, wrong_shape
+                contents.path,
+                contents.model_name,
+                model,
+                state,
+                model_state,
+                missing,
+                unexpected,
+                wrong_shape,
             )
         )
     casted = {k: v.to(dtype=model_state[k].dtype) for k, v in state.items() if k in model_state}
     model.load_state_dict(casted, strict=strict)
     return LoadInfo(
-        path=str(path),
+        path=contents.path,
         source_format=contents.source_format,
         model_name=contents.model_name,
         weights=weights,
@@ -100,7 +111,7 @@ def load_checkpoint(
 
 
 def _mismatch_message(
-    path: str | os.PathLike,
+    path: str,
     model_name: str | None,
     model: nn.Module,
     state: dict[str, Tensor],

@@ -14,6 +14,7 @@ Torch files are read with :func:`.safe_load.safe_torch_load`, allowing only the 
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -30,11 +31,18 @@ from .weights_file import is_safetensors, load_weights
 
 @dataclass
 class CheckpointContents:
-    """What a checkpoint file holds, independent of its format."""
+    """What a checkpoint file holds, independent of its format.
 
+    ``model_name``, ``num_classes`` and ``model_kwargs`` are what the file says about the model, if it
+    says (our training checkpoints' ``args``, our weight files' metadata, the authors' ``arch``).
+    """
+
+    path: str
     state_dict: dict[str, Tensor]
     source_format: str
     model_name: str | None = None
+    num_classes: int | None = None
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
     fp32_masters: list[Tensor] | None = None
     metadata: dict[str, str] = field(default_factory=dict)
 
@@ -44,7 +52,16 @@ def read_checkpoint(path: str | os.PathLike) -> CheckpointContents:
     path = Path(path)
     if is_safetensors(path):
         tensors, metadata = load_weights(path)
-        return CheckpointContents(tensors, "safetensors", metadata.get("model"), None, metadata)
+        num_classes = metadata.get("num_classes", "")
+        return CheckpointContents(
+            str(path),
+            tensors,
+            "safetensors",
+            model_name=metadata.get("model"),
+            num_classes=int(num_classes) if num_classes.isdigit() else None,
+            model_kwargs=_json_dict(metadata.get("model_kwargs"), path),
+            metadata=metadata,
+        )
     obj = safe_torch_load(path, allowed_globals=APEX_SAFE_GLOBALS)
     if not isinstance(obj, Mapping):
         raise CheckpointError(
@@ -55,17 +72,25 @@ def read_checkpoint(path: str | os.PathLike) -> CheckpointContents:
         masters = _apex_masters(optimizer, path) if isinstance(optimizer, Mapping) else None
         official = masters is not None or "best_prec1" in obj
         return CheckpointContents(
+            str(path),
             _tensors(obj["state_dict"], path, "state_dict"),
             "official" if official else "state_dict",
-            _name(obj.get("arch")),
-            masters,
+            model_name=_name(obj.get("arch")),
+            fp32_masters=masters,
         )
     if isinstance(obj.get("model"), Mapping):
-        args = obj.get("args")
-        name = args.get("model") if isinstance(args, Mapping) else None
-        return CheckpointContents(_tensors(obj["model"], path, "model"), "training", _name(name))
+        args = obj.get("args") if isinstance(obj.get("args"), Mapping) else {}
+        num_classes, kwargs = args.get("num_classes"), args.get("model_kwargs")
+        return CheckpointContents(
+            str(path),
+            _tensors(obj["model"], path, "model"),
+            "training",
+            model_name=_name(args.get("model")),
+            num_classes=num_classes if isinstance(num_classes, int) else None,
+            model_kwargs=dict(kwargs) if isinstance(kwargs, Mapping) else {},
+        )
     if obj and all(isinstance(v, Tensor) for v in obj.values()):
-        return CheckpointContents(_tensors(obj, path, None), "state_dict")
+        return CheckpointContents(str(path), _tensors(obj, path, None), "state_dict")
     raise CheckpointError(
         f"{path}: not a recognised checkpoint layout (top-level keys: {sorted(map(str, obj))[:8]}); "
         "expected a state dict, {'model': ..., 'args': ...} or {'state_dict': ...}"
@@ -92,6 +117,19 @@ def _tensors(state: Mapping[Any, Any], path: Path, where: str | None) -> dict[st
         place = f"[{where!r}]" if where else ""
         raise CheckpointError(f"{path}: state dict{place} has non-tensor entries, e.g. {bad[:3]!r}")
     return dict(state)
+
+
+def _json_dict(text: str | None, path: Path) -> dict[str, Any]:
+    """A JSON object stored as a metadata string (empty when absent)."""
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{path}: metadata 'model_kwargs' is not valid JSON ({exc})") from exc
+    if not isinstance(value, dict):
+        raise CheckpointError(f"{path}: metadata 'model_kwargs' is not a JSON object")
+    return value
 
 
 def _name(value: Any) -> str | None:
