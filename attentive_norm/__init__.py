@@ -1,5 +1,6 @@
 """attentive-norm: Attentive Normalization (Li, Sun, Wu, ECCV 2020, arXiv:1908.01259) for PyTorch."""
 
+from .checkpoint import load_checkpoint, save_weights
 from .layers import (
     ATTENTION_HEADS,
     NORM_LAYERS,
@@ -29,6 +30,8 @@ __all__ = [
     "freeze_norm",
     "get_norm_layer",
     "list_models",
+    "load_checkpoint",
+    "save_weights",
 ]
 
 # timm users get ``timm.create_model("resnet50_an")``; cheap, and a no-op without timm.
