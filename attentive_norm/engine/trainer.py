@@ -29,7 +29,7 @@ from ..data.loader import build_loaders
 from ..data.mixup import mixup, mixup_loss
 from ..data.seeds import mix_seed
 from ..layers.convert import convert_sync_norm
-from ..models import create_model
+from ..models import create_model, get_model_entrypoint
 from . import distributed, state
 from .attention_maps import an_layer_names, class_mean_attention
 from .config import ConfigError, TrainConfig, dump_yaml
@@ -60,6 +60,10 @@ def train(cfg: TrainConfig, resume: str | os.PathLike | None = None) -> TrainRes
     """Train as ``cfg`` says (continuing the checkpoint ``resume``, a file or run folder, if given)."""
     env = distributed.setup(cfg.device)
     log = _printer(env.is_main)
+    try:
+        get_model_entrypoint(cfg.model)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
     saved = state.load(resume) if resume is not None else None
     if saved is not None:
         _check_resumable(cfg, saved)

@@ -1,0 +1,131 @@
+"""``attentive-norm train / validate / compare`` end to end (in-process), and their error messages."""
+
+import csv
+import json
+
+import pytest
+from PIL import Image
+
+from attentive_norm.checkpoint.testing import official_state_from_model, write_official_checkpoint
+from attentive_norm.cli.main import main
+from attentive_norm.data import folder
+from attentive_norm.models import create_model
+
+TINY = ["--subset", "64", "--batch-size", "32", "--image-size", "12", "--threads", "1", "--no-progress"]
+
+
+def image_folder(root, classes=("circle", "square"), per_class=12):
+    for split in ("train", "val"):
+        for c, name in enumerate(classes):
+            (root / split / name).mkdir(parents=True)
+            for i in range(per_class):
+                Image.new("RGB", (16, 16), (120 * c + 5 * i, 60, 90)).save(root / split / name / f"{i}.png")
+    return root
+
+
+def run_cli(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--data", "/no/such/folder"], "data folder /no/such/folder does not exist"),
+        (["--epochs", "0"], "epochs=0 is out of range"),
+        (["--config", "no_such_recipe"], "neither a file nor a preset"),
+        (["--resume", "/no/such/run"], "no checkpoint at /no/such/run"),
+        (["--model", "resnet21_an"], "did you mean resnet20_an"),
+    ],
+)
+def test_bad_input_is_one_clear_line(capsys, tmp_path, argv, message):
+    code, _, err = run_cli(capsys, "train", *TINY, "--output", tmp_path, *argv)
+    assert code == 2 and message in err and "Traceback" not in err
+
+
+def test_unknown_config_key_in_a_file(capsys, tmp_path):
+    (tmp_path / "mine.yaml").write_text("epochs: 1\nweight_decy: 0.0001\n")
+    code, _, err = run_cli(capsys, "train", "--config", tmp_path / "mine.yaml")
+    assert code == 2 and "unknown key 'weight_decy' (did you mean 'weight_decay'?)" in err
+
+
+def test_flags_override_the_config_file(tmp_path):
+    from attentive_norm.cli.main import build_parser
+    from attentive_norm.cli.train import resolve_config
+
+    (tmp_path / "mine.yaml").write_text("epochs: 7\nlr: 0.3\nclip_grad: 2.0\n")
+    flags = [
+        "--lr",
+        "0.5",
+        "--clip-grad",
+        "none",
+        "--model-kwargs",
+        "{placement: bn12}",
+        "--no-decay-norm-bias",
+    ]
+    args = build_parser().parse_args(["train", "--config", str(tmp_path / "mine.yaml"), *flags])
+    cfg = resolve_config(args)
+    assert (cfg.epochs, cfg.lr, cfg.clip_grad) == (7, 0.5, None)
+    assert cfg.model_kwargs == {"placement": "bn12"} and cfg.decay_norm_bias is False
+
+
+@pytest.mark.slow
+def test_train_then_validate_on_an_image_folder_with_a_broken_image(capsys, tmp_path, monkeypatch):
+    monkeypatch.setattr(folder, "VERIFY_UP_TO", 0)  # as for a large dataset: met while loading
+    data = image_folder(tmp_path / "data")
+    (data / "train" / "circle" / "broken.png").write_bytes(b"not an image")
+    argv = ["train", *TINY, "--data", data, "--output", tmp_path / "runs", "--name", "shapes"]
+    code, out, err = run_cli(capsys, *argv, "--epochs", "1", "--batch-size", "8")
+    assert code == 0, err
+    assert "skipped an unreadable image" in out and "broken.png" in out
+    run = tmp_path / "runs" / "shapes"
+    rows = list(csv.DictReader((run / "summary.csv").read_text().splitlines()))
+    assert int(rows[0]["skipped"]) == 1
+
+    code, out, err = run_cli(capsys, "validate", "--checkpoint", run)
+    assert code == 0, err
+    results = json.loads((run / "validate-checkpoint_last.json").read_text())
+    assert results["model"] == "resnet20_an" and results["images"] == 24 and 0 <= results["top1"] <= 100
+    assert (run / "validate-checkpoint_last.csv").is_file() and "top-1" in out
+
+    code, _, err = run_cli(
+        capsys, "validate", "--checkpoint", run / "checkpoint_best.pt", "--model", "resnet20"
+    )
+    assert code == 2 and "does not fit" in err and "Traceback" not in err
+
+
+def test_validate_the_authors_checkpoint_format(capsys, tmp_path):
+    data = image_folder(tmp_path / "data", per_class=3)
+    model = create_model("resnet20_an", num_classes=2)
+    state, masters = official_state_from_model(model)
+    write_official_checkpoint(state, masters, tmp_path / "model_best.pth.tar", arch="resnet20_an")
+    code, _, err = run_cli(
+        capsys, "validate", "--checkpoint", tmp_path / "model_best.pth.tar", "--data", data
+    )
+    assert code == 2 and "pass --model" in err
+    output = tmp_path / "results"
+    argv = ["--checkpoint", tmp_path / "model_best.pth.tar", "--data", data, "--model", "resnet20_an"]
+    code, _, err = run_cli(capsys, "validate", *argv, "--image-size", "16", "--output", output)
+    assert code == 0, err
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["checkpoint_format"] == "official" and results["images"] == 6
+    assert (results["image_size"], results["eval_resize"]) == (16, 256)
+
+
+@pytest.mark.slow
+def test_compare_reports_mean_and_spread_per_model(capsys, tmp_path):
+    argv = ["compare", "--models", "resnet20,resnet20_an", "--seeds", "0,1", *TINY, "--epochs", "1"]
+    code, out, err = run_cli(capsys, *argv, "--output", tmp_path, "--name", "cmp")
+    assert code == 0, err
+    table = out[out.index("model  ") :]
+    assert "resnet20 " in table and "resnet20_an" in table and "±" in table
+    summary = list(csv.DictReader((tmp_path / "cmp" / "compare.csv").read_text().splitlines()))
+    assert [r["model"] for r in summary] == ["resnet20", "resnet20_an"] and summary[0]["runs"] == "2"
+    assert (tmp_path / "cmp" / "compare.png").is_file()
+    assert (tmp_path / "cmp" / "resnet20_an-seed1" / "checkpoint_last.pt").is_file()
+
+
+def test_compare_refuses_unknown_models_before_training(capsys):
+    code, _, err = run_cli(capsys, "compare", "--models", "resnet20,resnet20_ann")
+    assert code == 2 and "unknown model 'resnet20_ann'" in err
