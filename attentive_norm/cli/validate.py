@@ -1,7 +1,7 @@
 """``attentive-norm validate``: top-1/top-5 of a checkpoint on a validation set, saved as JSON and CSV.
 
-Accepts this project's checkpoints (training checkpoints or weight files; the model, its arguments,
-the classes and the evaluation transform are read from training checkpoints) and the authors'
+Accepts this project's files (training checkpoints, which also record the data, classes and
+evaluation transform, and safetensors weight files, which name their model) and the authors'
 ``model_best.pth.tar`` files (give ``--model`` and ``--data``). Evaluation: Resize(256) + CenterCrop(224)
 for ImageFolder data unless the checkpoint or the flags say otherwise.
 """
@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..checkpoint import CheckpointError, load_checkpoint
+from ..checkpoint import load_checkpoint, read_checkpoint
 from ..data.digits import digits_datasets
 from ..data.folder import eval_folder
 from ..data.loader import Augmented, eval_loader, eval_transform
@@ -85,27 +85,29 @@ def run(args: argparse.Namespace) -> int:
 
 def validate(args: argparse.Namespace, env: distributed.DistEnv) -> dict[str, Any]:
     path = state.resolve(args.checkpoint)
-    ours = _training_checkpoint(path)
-    trained = ours["config"] if ours else {}
-    name = args.model or (ours["args"]["model"] if ours else None)
+    contents = read_checkpoint(path)
+    # Our files name their model; the authors' "arch" does not tell BN from AN, so it is not trusted.
+    ours = contents.source_format in ("training", "safetensors")
+    trained = state.load(path) if contents.source_format == "training" else None
+    settings = trained["config"] if trained else {}
+    name = args.model or (contents.model_name if ours else None)
     if name is None:
-        raise ConfigError(
-            f"{path} does not name its model; pass --model (attentive_norm.models.list_models())"
-        )
-    data = args.data if args.data is not None else trained.get("data")
-    if data is None and ours is None:
-        raise ConfigError("--data is required for checkpoints not written by `attentive-norm train`")
-    image_size = args.image_size or trained.get("image_size", 224)
-    resize = args.eval_resize or trained.get("eval_resize") or (256 if ours is None else None)
-    interpolation = args.interpolation or trained.get("interpolation", "bilinear")
-    classes = ours["classes"] if ours and data is not None and trained.get("data") is not None else None
+        raise ConfigError(f"{path} does not name its model; pass --model (attentive-norm models lists them)")
+    data = args.data if args.data is not None else settings.get("data")
+    if data is None and trained is None:
+        raise ConfigError("--data is required for checkpoints other than those `attentive-norm train` writes")
+    image_size = args.image_size or settings.get("image_size", 224)
+    resize = args.eval_resize or settings.get("eval_resize") or (256 if trained is None else None)
+    interpolation = args.interpolation or settings.get("interpolation", "bilinear")
+    classes = (
+        trained["classes"] if trained and data is not None and settings.get("data") is not None else None
+    )
     source = digits_datasets(image_size)[1] if data is None else eval_folder(data, classes=classes)
 
-    same_model = ours is not None and ours["args"]["model"] == name
     model_args = {
         "model": name,
-        "num_classes": ours["args"]["num_classes"] if ours else len(source.classes),
-        "model_kwargs": ours["args"]["model_kwargs"] if same_model else {},
+        "num_classes": contents.num_classes if ours and contents.num_classes else len(source.classes),
+        "model_kwargs": contents.model_kwargs if ours and contents.model_name == name else {},
     }
     if model_args["num_classes"] < len(source.classes):
         raise ConfigError(
@@ -122,7 +124,7 @@ def validate(args: argparse.Namespace, env: distributed.DistEnv) -> dict[str, An
     )
     start = time.perf_counter()
     metrics = evaluate(model, loader, env.device, amp=args.amp)
-    output = Path(args.output) if args.output else _default_output(path, name, ours is not None)
+    output = Path(args.output) if args.output else _default_output(path, name, trained is not None)
     results = {
         "model": name,
         "checkpoint": str(path),
@@ -140,14 +142,6 @@ def validate(args: argparse.Namespace, env: distributed.DistEnv) -> dict[str, An
         Path(f"{output}.json").write_text(json.dumps(results, indent=2) + "\n")
         write_csv([results], f"{output}.csv")
     return results
-
-
-def _training_checkpoint(path: Path) -> dict[str, Any] | None:
-    """The checkpoint if ``attentive-norm train`` wrote it, else None (weights only, or the authors')."""
-    try:
-        return state.load(path)
-    except CheckpointError:
-        return None
 
 
 def _default_output(path: Path, model: str, ours: bool) -> Path:

@@ -113,6 +113,19 @@ def test_validate_the_authors_checkpoint_format(capsys, tmp_path):
     assert (results["image_size"], results["eval_resize"]) == (16, 256)
 
 
+def test_validate_a_safetensors_weight_file_that_names_its_model(capsys, tmp_path):
+    from attentive_norm.checkpoint import save_weights
+
+    data = image_folder(tmp_path / "data", per_class=3)
+    model = create_model("resnet20_an", num_classes=2, placement="bn12")
+    metadata = {"model": "resnet20_an", "num_classes": 2, "model_kwargs": '{"placement": "bn12"}'}
+    save_weights(model, tmp_path / "w.safetensors", metadata=metadata)
+    argv = ["--checkpoint", tmp_path / "w.safetensors", "--data", data, "--image-size", "16"]
+    code, _, err = run_cli(capsys, "validate", *argv, "--output", tmp_path / "res")
+    assert code == 0, err
+    assert json.loads((tmp_path / "res.json").read_text())["checkpoint_format"] == "safetensors"
+
+
 @pytest.mark.slow
 def test_compare_reports_mean_and_spread_per_model(capsys, tmp_path):
     argv = ["compare", "--models", "resnet20,resnet20_an", "--seeds", "0,1", *TINY, "--epochs", "1"]
