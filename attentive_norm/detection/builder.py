@@ -1,0 +1,106 @@
+"""Mask R-CNN with a zoo backbone, an FPN and the paper's heads, on torchvision's detection models."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from torchvision.models.detection import MaskRCNN
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
+from torchvision.models.detection.mask_rcnn import MaskRCNNPredictor
+from torchvision.models.detection.rpn import RPNHead
+from torchvision.ops import MultiScaleRoIAlign
+
+from .backbone import build_backbone
+from .heads import AN_HEAD_MIXTURES, HEAD_NORMS, ConvFCBoxHead, mask_head
+
+
+def maskrcnn(
+    backbone: str = "resnet50_an",
+    num_classes: int = 80,
+    *,
+    pretrained_backbone: str | Path | None = None,
+    head_norm: str = "none",
+    fpn_norm: str | None = None,
+    mask_norm: str | None = None,
+    an_mixtures: Sequence[int] = AN_HEAD_MIXTURES,
+    fpn_channels: int = 256,
+    box_conv_channels: int = 256,
+    box_fc_channels: int = 1024,
+    mask_channels: int = 256,
+    frozen_stages: int = 1,
+    norm_eval: bool = True,
+    out_indices: Sequence[int] | None = None,
+    anchor_sizes: Sequence[float] | None = None,
+    canonical_scale: int = 224,
+    min_size: int | Sequence[int] = 800,
+    max_size: int = 1333,
+    backbone_kwargs: dict[str, Any] | None = None,
+    **maskrcnn_kwargs: Any,
+) -> MaskRCNN:
+    """The paper's Mask R-CNN FPN (SPEC.md §5) as a torchvision ``MaskRCNN``.
+
+    Args:
+        backbone: zoo model name (``resnet50_an``, ``resnet101``, ... any model with ``feature_info``).
+        num_classes: object classes, background not included (COCO: 80).
+        pretrained_backbone: an ImageNet checkpoint of the zoo model (ours or the authors').
+        head_norm: norm of the four box-head convs: ``"none"``, ``"bn"``, ``"gn"`` or ``"an_gn"`` (the
+            paper's "AN (w/ GN)" head).
+        fpn_norm, mask_norm: norms of the FPN and the mask-head convs (``"none"``, ``"bn"``, ``"gn"``);
+            default GN for the ``gn`` and ``an_gn`` heads, BN for ``bn``, none otherwise.
+        an_mixtures: K of the box head's AN layers, one per conv.
+        frozen_stages, norm_eval: backbone freezing, see :meth:`ZooFPNBackbone.freeze`.
+        anchor_sizes: one anchor size per map (FPN levels and the extra one); default 8 × stride
+            (ResNet: 32 to 512, as in Mask R-CNN), with aspect ratios 0.5, 1, 2.
+        canonical_scale: RoI size mapped to the 4th level (224 as in the FPN paper; smaller for tiny images).
+        min_size, max_size: image resizing inside the model, (800, 1333) in the paper.
+        backbone_kwargs: passed to the zoo builder.
+        maskrcnn_kwargs: passed to ``torchvision.models.detection.MaskRCNN`` (RPN/RoI sampling, NMS, ...).
+    """
+    if head_norm not in HEAD_NORMS:
+        raise ValueError(f"head_norm must be one of {HEAD_NORMS}, got {head_norm!r}")
+    derived = {"an_gn": "gn"}.get(head_norm, head_norm)
+    fpn_norm = derived if fpn_norm is None else fpn_norm
+    mask_norm = derived if mask_norm is None else mask_norm
+    body = build_backbone(
+        backbone,
+        pretrained=pretrained_backbone,
+        out_indices=out_indices,
+        fpn_channels=fpn_channels,
+        fpn_norm=fpn_norm,
+        frozen_stages=frozen_stages,
+        norm_eval=norm_eval,
+        **(backbone_kwargs or {}),
+    )
+    shapes = body.output_shape()
+    if anchor_sizes is None:
+        anchor_sizes = [8 * s.stride for s in shapes.values()]
+    if len(anchor_sizes) != len(shapes):
+        raise ValueError(f"need one anchor size per map ({list(shapes)}), got {list(anchor_sizes)}")
+    anchors = AnchorGenerator(tuple((float(s),) for s in anchor_sizes), ((0.5, 1.0, 2.0),) * len(shapes))
+    levels = body.level_names
+    box_head = ConvFCBoxHead(
+        fpn_channels,
+        7,
+        conv_channels=box_conv_channels,
+        fc_channels=box_fc_channels,
+        norm=head_norm,
+        num_mixtures=an_mixtures,
+    )
+    return MaskRCNN(
+        body,
+        num_classes=None,
+        min_size=min_size,
+        max_size=max_size,
+        rpn_anchor_generator=anchors,
+        rpn_head=RPNHead(fpn_channels, anchors.num_anchors_per_location()[0]),
+        box_roi_pool=MultiScaleRoIAlign(levels, 7, 2, canonical_scale=canonical_scale),
+        box_head=box_head,
+        box_predictor=FastRCNNPredictor(box_head.out_channels, num_classes + 1),
+        mask_roi_pool=MultiScaleRoIAlign(levels, 14, 2, canonical_scale=canonical_scale),
+        mask_head=mask_head(fpn_channels, mask_channels, norm=mask_norm),
+        mask_predictor=MaskRCNNPredictor(mask_channels, mask_channels, num_classes + 1),
+        **maskrcnn_kwargs,
+    )
