@@ -63,6 +63,7 @@ def write_official_checkpoint(
     """
     masters = [m.detach().float().requires_grad_(True) for m in masters or []]
     state = OrderedDict((PREFIX + k, v) for k, v in state_dict.items())
+    state._metadata = OrderedDict({"": {"version": 1}})  # type: ignore[attr-defined]  # as state_dict() has
     with _fake_apex() as loss_scaler_cls:
         optimizer = {
             "loss_scaler": loss_scaler_cls(128.0),

@@ -63,3 +63,17 @@ def test_loss_scaler_becomes_inert_record(official_file: Path) -> None:
     assert type(scaler) is ApexLossScalerStub and scaler.state == {"cur_scale": 128.0}
     assert torch.equal(obj["best_prec1"], torch.tensor(78.41))
     assert "apex" not in sys.modules
+
+
+def test_cuda_tensors_in_file_load_on_cpu(tiny: nn.Module, tmp_path: Path, monkeypatch) -> None:
+    """The released files were saved from GPUs: their storages are tagged ``cuda:0``."""
+    import torch.serialization
+
+    path = tmp_path / "model_best.pth.tar"
+    with monkeypatch.context() as patch:
+        patch.setattr(torch.serialization, "location_tag", lambda storage: "cuda:0")
+        write_official_checkpoint(*official_state_from_model(tiny), path)
+    assert b"cuda:0" in path.read_bytes()
+    contents = read_checkpoint(path)
+    assert all(t.device.type == "cpu" for t in contents.state_dict.values())
+    assert all(t.device.type == "cpu" for t in contents.fp32_masters)
