@@ -1,4 +1,8 @@
-"""Shared test settings: deterministic, single-threaded-friendly, offline."""
+"""Shared test settings: seeded, offline, one intra-op thread.
+
+Tests use small inputs, for which one thread is as fast as two on an idle machine and much faster on
+a busy one; subprocess tests (2-process gloo jobs) then do not oversubscribe the cores either.
+"""
 
 import os
 
@@ -6,6 +10,7 @@ import pytest
 import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)

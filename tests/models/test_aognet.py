@@ -33,15 +33,6 @@ BUILDERS = {"aognet12m": aognet12m, "aognet12m_an": aognet12m_an, "aognet40m": a
 BUILDERS["aognet40m_an"] = aognet40m_an
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: these small convolutions only lose time to thread contention."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _num_params(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 

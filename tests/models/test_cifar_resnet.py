@@ -10,15 +10,6 @@ from attentive_norm.models.cifar_resnet import CifarResNet, resnet20, resnet20_a
 from attentive_norm.models.flops import count_params
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small inputs on a shared CPU: one intra-op thread is much faster than a contended pool."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def an_cost(channels: int, k: int) -> int:
     """SPEC §1: parameters added by replacing one BN of ``channels`` with a K-component AN."""
     return 3 * k * channels - 2 * channels + 2 * k

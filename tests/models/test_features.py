@@ -83,16 +83,7 @@ def test_deepcopy_is_independent_and_holds_no_tensors() -> None:
     assert not any("_feature_extractor_output" in m.__dict__ for m in extractor.modules())
 
 
-@pytest.fixture
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.slow
-@pytest.mark.usefixtures("_one_thread")
 @pytest.mark.parametrize("name", list_models())
 def test_every_zoo_model_follows_the_contract(name: str) -> None:
     model = create_model(name, num_classes=3).eval()

@@ -1,6 +1,5 @@
 """MAC ("FLOPs") and parameter counting: the paper's conventions, and AN's own operations analytically."""
 
-import pytest
 import torch
 import torchvision
 from torch import nn
@@ -15,15 +14,6 @@ from attentive_norm.models.flops import (
     count_params,
 )
 from attentive_norm.models.mobilenetv2 import mobilenetv2
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small inputs on a shared CPU: one intra-op thread is much faster than a contended pool."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def meta(builder, **kwargs) -> nn.Module:

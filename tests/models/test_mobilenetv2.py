@@ -18,15 +18,6 @@ from attentive_norm.models.official_keys import to_official_key_names
 OFFICIAL_KEYS = Path("/work/shared/reference/official_state_dict_keys.json")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small networks on a shared CPU: one intra-op thread is much faster than a contended pool."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def official() -> dict:
     if not OFFICIAL_KEYS.exists():
