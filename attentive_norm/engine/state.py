@@ -8,8 +8,8 @@ A checkpoint is a plain dictionary of tensors, numbers and strings (loadable wit
 - ``optimizer``, ``scheduler``, ``scaler``, ``ema`` (or None): their state dicts;
 - ``epoch``, ``batch`` (batches done in that epoch), ``step`` (global): the position of the sampler;
 - ``rng``: the random states (torch, CUDA, numpy, python) of every process, in rank order;
-- ``config``, ``history`` (the per-epoch rows so far), ``meters`` (the running epoch's sums),
-  ``best``, ``world_size``.
+- ``config``, ``history`` (the per-epoch rows so far), ``meters`` (the running epoch's sums over all
+  processes and its training seconds), ``best``, ``world_size``.
 """
 
 from __future__ import annotations

@@ -121,7 +121,11 @@ def train(cfg: TrainConfig, resume: str | os.PathLike | None = None) -> TrainRes
             saved["history"],
             saved["best"],
         )
-        meters = {k: (v.to(env.device) if torch.is_tensor(v) else v) for k, v in saved["meters"].items()}
+        # The running epoch's sums over all processes, held by rank 0 (the epoch end adds them up).
+        meters = _new_meters(env.device)
+        meters["seconds"] = saved["meters"]["seconds"]
+        if env.is_main:
+            meters["sums"] += saved["meters"]["sums"].to(env.device)
     # The real schedule: the checkpoint's may have been built for another number of epochs.
     schedule.total_steps = cfg.epochs * steps_per_epoch
 
@@ -156,7 +160,8 @@ def train(cfg: TrainConfig, resume: str | os.PathLike | None = None) -> TrainRes
 
     def checkpoint(epoch: int, batch: int, path_names: tuple[str, ...]) -> None:
         rngs = distributed.all_gather_objects(state.rng_state())
-        if not torch.isfinite(distributed.all_reduce_sum(meters["sums"])[0]):
+        sums = distributed.all_reduce_sum(meters["sums"])
+        if not torch.isfinite(sums[0]):
             raise FloatingPointError(
                 f"the training loss is not finite (epoch {epoch + 1}); last checkpoint kept"
             )
@@ -176,7 +181,7 @@ def train(cfg: TrainConfig, resume: str | os.PathLike | None = None) -> TrainRes
             "step": epoch * steps_per_epoch + batch,
             "rng": rngs,
             "history": history,
-            "meters": {k: (v.cpu() if torch.is_tensor(v) else v) for k, v in meters.items()},
+            "meters": {"sums": sums.cpu(), "seconds": meters["seconds"]},
             "best": best,
             "world_size": env.world_size,
         }
@@ -295,12 +300,7 @@ def train(cfg: TrainConfig, resume: str | os.PathLike | None = None) -> TrainRes
     if attention_layer is not None:
         weights = class_mean_attention(model, loaders.val, attention_layer, len(loaders.classes), env.device)
         if run_dir is not None:
-            plot_attention(weights, loaders.classes, attention_layer, run_dir / "attention.png")
-            rows = [
-                {"class": c, **{f"k{k}": round(float(w), 6) for k, w in enumerate(weights[i])}}
-                for i, c in enumerate(loaders.classes)
-            ]
-            write_csv(rows, run_dir / "attention.csv")
+            _write_attention(weights, loaders.classes, attention_layer, run_dir)
     final = history[-1]
     log(
         f"final: top-1 {final['val_top1']:.2f}%  top-5 {final['val_top5']:.2f}%  "
@@ -309,6 +309,16 @@ def train(cfg: TrainConfig, resume: str | os.PathLike | None = None) -> TrainRes
     if run_dir is not None:
         log(f"run folder: {run_dir}")
     return TrainResult(run_dir, best["top1"], best["epoch"], final, history)
+
+
+def _write_attention(weights: torch.Tensor, classes: list[str], layer: str, run_dir: Path) -> None:
+    """``attention.png`` and ``attention.csv``: the classes × K mean mixture weights of ``layer``."""
+    plot_attention(weights, classes, layer, run_dir / "attention.png")
+    rows = [
+        {"class": c, **{f"k{k}": round(float(w), 6) for k, w in enumerate(weights[i])}}
+        for i, c in enumerate(classes)
+    ]
+    write_csv(rows, run_dir / "attention.csv")
 
 
 def build_model(args: dict) -> nn.Module:
