@@ -26,12 +26,14 @@ from pycocotools.coco import COCO
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from ..data.folder import DataError
+
 log = logging.getLogger(__name__)
 
 Target = dict[str, Tensor]
 
 
-class CocoFormatError(ValueError):
+class CocoFormatError(DataError):
     """The annotation file is not a usable COCO instances JSON; the message says why."""
 
 
@@ -153,7 +155,7 @@ class CocoInstances(Dataset):
         if self.skipped:
             log.warning("%s: %s", Path(ann_file).name, self.skip_summary())
         if not self.image_ids:
-            raise ValueError(
+            raise DataError(
                 f"no usable images in {ann_file} with image folder {self.image_dir} ({self.skip_summary()})"
             )
 
@@ -211,7 +213,7 @@ class CocoInstances(Dataset):
             with Image.open(path) as image:
                 return image.convert("RGB")
         except (OSError, UnidentifiedImageError) as e:
-            raise RuntimeError(f"cannot read image {path}: {e}") from e
+            raise DataError(f"cannot read image {path}: {e}") from e
 
     def __getitem__(self, key: int | tuple[int, int]) -> tuple[Tensor, Target]:
         epoch, index = key if isinstance(key, tuple) else (0, key)

@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 from pycocotools import mask as mask_utils
 
+from attentive_norm.data.folder import DataError
 from attentive_norm.detection.coco import CocoFormatError, CocoInstances, collate, load_coco_instances
 from attentive_norm.detection.shapes import SHAPE_CLASSES, make_shapes_split
 
@@ -28,6 +29,7 @@ def _dataset_dict(shapes) -> dict:
     return json.loads(shapes.ann_file.read_text())
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning:pycocotools.*")
 def test_shapes_are_deterministic_valid_coco(tmp_path: Path, shapes) -> None:
     again = make_shapes_split(tmp_path / "again", "train", 6, image_size=64, seed=3)
     assert again.ann_file.read_text() == shapes.ann_file.read_text()
@@ -167,7 +169,7 @@ def test_no_usable_image_is_an_error(tmp_path: Path, shapes) -> None:
 def test_unreadable_image_names_the_file(shapes) -> None:
     ds = CocoInstances(shapes.image_dir, shapes.ann_file)
     (shapes.image_dir / "000001.png").write_bytes(b"not a png")
-    with pytest.raises(RuntimeError, match=r"cannot read image .*000001\.png"):
+    with pytest.raises(DataError, match=r"cannot read image .*000001\.png"):
         ds[0]
 
 
