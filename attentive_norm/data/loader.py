@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 from torch import Tensor
@@ -22,6 +22,9 @@ from .digits import digits_datasets
 from .folder import DataError, image_folder_splits
 from .sampler import ShardSampler
 from .seeds import mix_seed
+
+if TYPE_CHECKING:
+    from ..engine.config import TrainConfig
 
 
 class ImageSource(Protocol):
@@ -111,8 +114,8 @@ def eval_transform(data: str | None, image_size: int, resize: int | None, interp
     return transforms.imagenet_eval(image_size, resize, interpolation)
 
 
-def build_loaders(cfg: Any, world_size: int, rank: int, cpus: int, pin_memory: bool) -> Loaders:
-    """The loaders of a training run described by ``cfg`` (a ``TrainConfig``) for process ``rank``."""
+def build_loaders(cfg: TrainConfig, world_size: int, rank: int, cpus: int, pin_memory: bool) -> Loaders:
+    """The loaders of the training run ``cfg`` for process ``rank`` of ``world_size``."""
     if cfg.batch_size % world_size:
         raise DataError(f"batch_size {cfg.batch_size} is not divisible by the {world_size} processes")
     train_source, val_source = sources(cfg.data, cfg.image_size)

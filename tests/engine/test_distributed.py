@@ -73,7 +73,7 @@ def test_two_gloo_processes_match_one_process(tiny_model, capsys):
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
     argv = [*ARGS, "--output", str(folder), "--name", "ddp"]
     job = subprocess.run(
-        [*command, str(folder / "launch.py"), *argv], env=env, capture_output=True, text=True, timeout=150
+        [*command, str(folder / "launch.py"), *argv], env=env, capture_output=True, text=True, timeout=300
     )
     assert job.returncode == 0, job.stderr[-3000:]
     assert (

@@ -22,7 +22,7 @@ ARGS = [
 def cli(*argv, env_extra=None):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env_extra or {})}
     command = [sys.executable, "-m", "attentive_norm.cli.main", *map(str, argv)]
-    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
 
 
 @pytest.fixture
