@@ -237,9 +237,13 @@ class AttentionHead(nn.Module):
         if self.norm is not None:
             self.norm.reset_parameters()
 
-    def forward(self, x: Tensor) -> Tensor:
-        s = spatial_descriptor(x, self.pooling, self.pooling_eps)
-        return self.weights_from_descriptor(s)
+    def forward(self, x: Tensor, descriptor: Tensor | None = None) -> Tensor:
+        """N×K weights for the N×C×H×W input ``x``. ``descriptor``: its N×C pooled descriptor if the
+        caller already has it (the AN layers' fast path computes it from moments it needs anyway);
+        passing it through here keeps forward hooks on the head working."""
+        if descriptor is None:
+            descriptor = spatial_descriptor(x, self.pooling, self.pooling_eps)
+        return self.weights_from_descriptor(descriptor)
 
     def weights_from_descriptor(self, s: Tensor) -> Tensor:
         """N×C descriptor -> N×K mixture weights, in the descriptor's dtype (float32 or wider), also

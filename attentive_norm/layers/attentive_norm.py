@@ -20,11 +20,23 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .attention import AttentionHead, check_positive_int, full_precision_matmul
+from .fused import (
+    batch_norm_statistics,
+    group_norm_statistics,
+    instance_affine,
+    instance_moments,
+    pooled_descriptor,
+)
 from .stats import normalize_batch, synced_normalize_batch
 
 # Helpers that branch on shapes or switch autocast become single nodes under torch.fx.symbolic_trace.
 torch.fx.wrap("normalize_batch")
 torch.fx.wrap("full_precision_matmul")
+torch.fx.wrap("instance_moments")
+torch.fx.wrap("instance_affine")
+torch.fx.wrap("pooled_descriptor")
+torch.fx.wrap("batch_norm_statistics")
+torch.fx.wrap("group_norm_statistics")
 
 _OFFICIAL_RENAMES: tuple[tuple[str, str], ...] = (
     ("weight_", "mixture_weight"),
@@ -94,6 +106,18 @@ class _AttentiveNorm(nn.Module):
         beta = full_precision_matmul(lam, self.mixture_bias)
         out = torch.addcmul(beta[:, :, None, None], xhat, gamma[:, :, None, None])
         return out.to(x.dtype)
+
+    @torch.jit.unused
+    def _fused_mix(self, x: Tensor, mean_hw: Tensor, var_hw: Tensor, mean: Tensor, rstd: Tensor) -> Tensor:
+        """The fast path (fused.py): ``out = a * x + b`` per instance and channel, with the attention fed
+        from the per-instance moments ``mean_hw``, ``var_hw`` and the standardisation's ``mean`` and
+        ``rstd`` (per channel, or N×C) folded into ``a`` and ``b``."""
+        head = self.attention
+        descriptor = pooled_descriptor(x, mean_hw, var_hw, head.pooling, head.pooling_eps)
+        lam = head(x, descriptor)
+        a = full_precision_matmul(lam, self.mixture_weight) * rstd
+        b = full_precision_matmul(lam, self.mixture_bias) - mean * a
+        return instance_affine(x, a, b)
 
     def _load_from_state_dict(
         self,
@@ -212,7 +236,26 @@ class AttentiveBatchNorm2d(_AttentiveNorm):
 
     def forward(self, x: Tensor) -> Tensor:
         check_input(x, self.num_features, "AttentiveBatchNorm2d")
-        return self._mix(x, self._standardise(x))
+        if torch.jit.is_scripting() or self.process_group is not None:
+            # TorchScript cannot run custom autograd functions; SyncBatchNorm needs the gathered moments.
+            return self._mix(x, self._standardise(x))
+        return self._fused_forward(x)
+
+    @torch.jit.unused
+    def _fused_forward(self, x: Tensor) -> Tensor:
+        mean_hw, var_hw = instance_moments(x)
+        mean, rstd = batch_norm_statistics(
+            x,
+            mean_hw,
+            var_hw,
+            self.running_mean,
+            self.running_var,
+            self.num_batches_tracked,
+            self.training and not self.freeze_stats,
+            self.momentum,
+            self.eps,
+        )
+        return self._fused_mix(x, mean_hw, var_hw, mean, rstd)
 
     def freeze_statistics(self, frozen: bool = True) -> None:
         """ "norm_eval": standardise with the running statistics and stop updating them (main and logit
@@ -299,9 +342,17 @@ class AttentiveGroupNorm(_AttentiveNorm):
 
     def forward(self, x: Tensor) -> Tensor:
         check_input(x, self.num_channels, "AttentiveGroupNorm")
-        # torch.group_norm, not F.group_norm: the latter refuses a batch of one whose groups hold one
-        # value each, which standardises to 0 like any zero-variance group.
-        return self._mix(x, torch.group_norm(x, self.num_groups, None, None, self.eps))
+        if torch.jit.is_scripting():
+            # torch.group_norm, not F.group_norm: the latter refuses a batch of one whose groups hold one
+            # value each, which standardises to 0 like any zero-variance group.
+            return self._mix(x, torch.group_norm(x, self.num_groups, None, None, self.eps))
+        return self._fused_forward(x)
+
+    @torch.jit.unused
+    def _fused_forward(self, x: Tensor) -> Tensor:
+        mean_hw, var_hw = instance_moments(x)
+        mean, rstd = group_norm_statistics(x, mean_hw, var_hw, self.num_groups, self.eps)
+        return self._fused_mix(x, mean_hw, var_hw, mean, rstd)
 
     def extra_repr(self) -> str:
         return (

@@ -1,0 +1,237 @@
+"""The fast path of the AN layers: every statistic in one reduction step, the output in one pass.
+
+An AN layer's output is a per-instance, per-channel affine map of its input,
+``out = a[n, c] * x + b[n, c]``, whatever the standardisation (BatchNorm or GroupNorm) and the
+attention head, because everything they need comes from the per-instance moments of ``x``:
+
+- ``m[n, c], v[n, c]``: the mean and biased variance of ``x[n, c]`` over H×W (:func:`instance_moments`);
+- BatchNorm statistics: ``mean_c = mean_n(m)``, ``var_c = mean_n(v) + mean_n((m - mean_c)^2)`` (the law
+  of total variance); GroupNorm ones likewise over the channels of a group;
+- the attention pooling ``m * rsqrt(v * HW / (HW - 1) + eps)``;
+- then ``a = (lam @ Gamma) * rstd`` and ``b = (lam @ Beta) - mean * a``.
+
+Only the two functions here touch full-size tensors; the rest is ordinary autograd on N×C and N×K
+tensors. Both are custom autograd functions that save nothing but the input (BatchNorm saves its input
+too), so an AN layer holds no more activation memory than a BatchNorm:
+
+- :func:`instance_moments`: forward, a sum and a centred sum of squares (two-pass, so as accurate as
+  ``torch.var_mean``, which on the CPU is an order of magnitude slower); backward, one pass
+  ``grad_x = p * x + q``;
+- :func:`instance_affine`: forward, one pass; backward, one reduction pass for the gradients of ``a`` and
+  ``b`` and one pass for ``grad_x = g * a``.
+
+For NCHW-contiguous input both elementwise passes run PyTorch's native eval-mode ``batch_norm`` kernel on
+the view ``x.view(1, N*C, H, W)`` (running mean 0, running variance 1, eps 0, weight ``a``, bias ``b``): a
+vectorised single pass that computes half-precision input in float32 and writes the input's dtype;
+its backward gives ``sum_hw(g * x)``, ``sum_hw(g)`` and ``g * a`` in one kernel. Other layouts
+(channels_last) use ``addcmul`` and reductions, which keep the memory format.
+
+The statistics are float32 for half-precision input, the input's dtype otherwise; the output has the
+input's dtype and memory format. ``reference.py`` is the plain formulation this path is tested
+against (tests/layers/test_fused.py).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .stats import statistics_dtype, update_running_stats, values_per_channel
+
+__all__ = [
+    "batch_norm_statistics",
+    "group_norm_statistics",
+    "instance_affine",
+    "instance_moments",
+    "pooled_descriptor",
+]
+
+
+def _spatial_size(x: Tensor) -> int:
+    return x.shape[2] * x.shape[3]
+
+
+def _per_instance_view(x: Tensor) -> Tensor | None:
+    """``x`` (N×C×H×W) as a 1×(N·C)×H×W view when its layout allows it (NCHW-contiguous), else None."""
+    if not x.is_contiguous():
+        return None
+    return x.view(1, x.shape[0] * x.shape[1], x.shape[2], x.shape[3])
+
+
+def _unit_statistics(like: Tensor, size: int) -> tuple[Tensor, Tensor]:
+    """Running mean 0 and running variance 1 for the eval-mode batch_norm kernel used as an affine map."""
+    return (
+        torch.zeros(size, dtype=like.dtype, device=like.device),
+        torch.ones(size, dtype=like.dtype, device=like.device),
+    )
+
+
+def _affine(x: Tensor, a: Tensor, b: Tensor) -> Tensor:
+    """``a[:, :, None, None] * x + b[:, :, None, None]`` in one pass, computed in ``a``'s dtype (float32 or
+    wider) and written in ``x``'s dtype and memory format."""
+    view = _per_instance_view(x)
+    if view is not None and x.numel() > 0:
+        zeros, ones = _unit_statistics(a, view.shape[1])
+        out = torch.batch_norm(view, a.reshape(-1), b.reshape(-1), zeros, ones, False, 0.0, 0.0, False)
+        # Not a view in autograd's eyes: the output of a custom Function may then be modified in place
+        # (e.g. by a following ReLU(inplace=True)).
+        return torch.ops.aten._unsafe_view(out, x.shape)
+    out = torch.empty_like(x)
+    return torch.addcmul(b[:, :, None, None], x, a[:, :, None, None], out=out)
+
+
+def _moments(x: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-instance mean and biased variance over H×W, two-pass, in the statistics dtype."""
+    hw = _spatial_size(x)
+    mean = x.sum(dim=(2, 3), dtype=statistics_dtype(x)) / hw
+    centred = x - mean[:, :, None, None]  # in the statistics dtype
+    if centred.is_contiguous():
+        var = torch.linalg.vector_norm(centred, 2, dim=(2, 3)).square() / hw
+    else:
+        var = centred.square_().sum(dim=(2, 3)) / hw
+    return mean, var
+
+
+class _InstanceMoments(torch.autograd.Function):
+    """(mean, biased variance) of every x[n, c] over H×W; saves only ``x`` and the N×C means."""
+
+    @staticmethod
+    def forward(x: Tensor) -> tuple[Tensor, Tensor]:
+        return _moments(x)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        (x,) = inputs
+        mean, _ = output
+        ctx.save_for_backward(x, mean)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_mean: Tensor, grad_var: Tensor) -> Tensor:
+        x, mean = ctx.saved_tensors
+        hw = _spatial_size(x)
+        # d mean / dx = 1/HW, d var / dx = 2 (x - mean) / HW: grad_x = p * x + q, one pass.
+        p = grad_var * (2.0 / hw)
+        q = grad_mean / hw - p * mean
+        return _affine(x, p, q)
+
+
+class _InstanceAffine(torch.autograd.Function):
+    """``a[n, c] * x + b[n, c]``; saves only ``x`` and ``a``."""
+
+    @staticmethod
+    def forward(x: Tensor, a: Tensor, b: Tensor) -> Tensor:
+        return _affine(x, a, b)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        x, a, _ = inputs
+        ctx.save_for_backward(x, a)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+        x, a = ctx.saved_tensors
+        need_x, need_a, need_b = ctx.needs_input_grad[:3]
+        view = _per_instance_view(x)
+        if view is not None and grad.is_contiguous() and x.numel() > 0:
+            zeros, ones = _unit_statistics(a, view.shape[1])
+            grad_x, grad_a, grad_b = torch.ops.aten.native_batch_norm_backward(
+                grad.view(view.shape),
+                view,
+                a.reshape(-1),
+                zeros,
+                ones,
+                None,
+                None,
+                False,
+                0.0,
+                [need_x, need_a, need_b],
+            )
+            return (
+                torch.ops.aten._unsafe_view(grad_x, x.shape) if need_x else None,
+                grad_a.view(a.shape) if need_a else None,
+                grad_b.view(a.shape) if need_b else None,
+            )
+        dtype = a.dtype
+        grad_x = grad_a = grad_b = None
+        if need_x:
+            grad_x = torch.mul(grad, a[:, :, None, None], out=torch.empty_like(x))
+        if need_a:
+            grad_a = (grad.to(dtype) * x.to(dtype)).sum(dim=(2, 3))
+        if need_b:
+            grad_b = grad.sum(dim=(2, 3), dtype=dtype)
+        return grad_x, grad_a, grad_b
+
+
+def instance_moments(x: Tensor) -> tuple[Tensor, Tensor]:
+    """Mean and biased variance of each ``x[n, c]`` (N×C×H×W) over H×W, as two N×C tensors in float32 or
+    wider; differentiable, saving only ``x``."""
+    return _InstanceMoments.apply(x)
+
+
+def instance_affine(x: Tensor, a: Tensor, b: Tensor) -> Tensor:
+    """``a[:, :, None, None] * x + b[:, :, None, None]`` for N×C ``a`` and ``b`` (float32 or wider), in one
+    pass, with ``x``'s dtype and memory format; differentiable in all three, saving only ``x`` and ``a``."""
+    return _InstanceAffine.apply(x, a, b)
+
+
+def pooled_descriptor(x: Tensor, mean_hw: Tensor, var_hw: Tensor, pooling: str, eps: float) -> Tensor:
+    """The attention head's N×C descriptor from the per-instance moments: ``mean`` pooling, or
+    ``mean * rsqrt(unbiased var + eps)`` with the variance of a 1×1 map taken as 0 (as
+    ``attention.spatial_descriptor``)."""
+    if pooling == "mean":
+        return mean_hw
+    hw = _spatial_size(x)
+    return mean_hw * torch.rsqrt(var_hw * (hw / max(hw - 1, 1)) + eps)
+
+
+def batch_norm_statistics(
+    x: Tensor,
+    mean_hw: Tensor,
+    var_hw: Tensor,
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    num_batches_tracked: Tensor | None,
+    learning: bool,
+    momentum: float | None,
+    eps: float,
+) -> tuple[Tensor, Tensor]:
+    """Per-channel ``mean`` and ``rsqrt(var + eps)`` of BatchNorm from the per-instance moments.
+
+    Batch statistics when ``learning`` (updating the running ones) or without running statistics,
+    running statistics otherwise, with the same edge cases as ``stats.normalize_batch``: a channel with
+    at most one value uses the running statistics unchanged, or, without them, standardises to 0
+    (returned as a zero ``rstd``, which also gives the standardisation's zero gradient).
+    """
+    dtype = mean_hw.dtype
+    if learning or running_mean is None or running_var is None:
+        count = values_per_channel(x)
+        if count > 1:
+            mean = mean_hw.mean(dim=0)
+            var = var_hw.mean(dim=0) + (mean_hw - mean).square().mean(dim=0)  # law of total variance
+            if learning:
+                update_running_stats(
+                    running_mean, running_var, num_batches_tracked, momentum, mean, var, count
+                )
+            return mean, torch.rsqrt(var + eps)
+        if running_mean is None or running_var is None:
+            zeros = mean_hw.new_zeros(x.shape[1])
+            return zeros, zeros
+    return running_mean.to(dtype), torch.rsqrt(running_var.to(dtype) + eps)
+
+
+def group_norm_statistics(
+    x: Tensor, mean_hw: Tensor, var_hw: Tensor, num_groups: int, eps: float
+) -> tuple[Tensor, Tensor]:
+    """GroupNorm's ``mean`` and ``rsqrt(var + eps)`` per instance and group, from the per-instance moments,
+    repeated for every channel of the group (N×C). A group of a single value standardises to 0."""
+    n, c = mean_hw.shape
+    grouped_mean = mean_hw.reshape(n, num_groups, c // num_groups)
+    grouped_var = var_hw.reshape(n, num_groups, c // num_groups)
+    mean = grouped_mean.mean(dim=2, keepdim=True)
+    var = grouped_var.mean(dim=2, keepdim=True) + (grouped_mean - mean).square().mean(dim=2, keepdim=True)
+    rstd = torch.rsqrt(var + eps)
+    if (c // num_groups) * _spatial_size(x) <= 1:
+        rstd = torch.zeros_like(rstd)
+    return mean.expand_as(grouped_mean).reshape(n, c), rstd.expand_as(grouped_mean).reshape(n, c)
