@@ -14,6 +14,7 @@ from torchvision.models.detection.rpn import RPNHead
 from torchvision.ops import MultiScaleRoIAlign
 
 from .backbone import build_backbone
+from .cascade import AgnosticBoxPredictor, CascadeRoIHeads
 from .heads import AN_HEAD_MIXTURES, HEAD_NORMS, ConvFCBoxHead, mask_head
 
 
@@ -29,6 +30,8 @@ def maskrcnn(
     fpn_channels: int = 256,
     box_conv_channels: int = 256,
     box_fc_channels: int = 1024,
+    box_convs: int = 4,
+    box_fcs: int = 1,
     mask_channels: int = 256,
     frozen_stages: int = 1,
     norm_eval: bool = True,
@@ -38,9 +41,10 @@ def maskrcnn(
     min_size: int | Sequence[int] = 800,
     max_size: int = 1333,
     backbone_kwargs: dict[str, Any] | None = None,
+    cascade: bool = False,
     **maskrcnn_kwargs: Any,
 ) -> MaskRCNN:
-    """The paper's Mask R-CNN FPN (SPEC.md §5) as a torchvision ``MaskRCNN``.
+    """The paper's Mask R-CNN FPN (SPEC.md §5) as a torchvision ``MaskRCNN`` (or its Cascade variant).
 
     Args:
         backbone: zoo model name (``resnet50_an``, ``resnet101``, ... any model with ``feature_info``).
@@ -51,12 +55,16 @@ def maskrcnn(
         fpn_norm, mask_norm: norms of the FPN and the mask-head convs (``"none"``, ``"bn"``, ``"gn"``);
             default GN for the ``gn`` and ``an_gn`` heads, BN for ``bn``, none otherwise.
         an_mixtures: K of the box head's AN layers, one per conv.
+        box_convs, box_fcs: convs and fully connected layers of the box head (4 and 1: "4conv1fc";
+            0 and 2: the common "2fc" head).
         frozen_stages, norm_eval: backbone freezing, see :meth:`ZooFPNBackbone.freeze`.
         anchor_sizes: one anchor size per map (FPN levels and the extra one); default 8 × stride
             (ResNet: 32 to 512, as in Mask R-CNN), with aspect ratios 0.5, 1, 2.
         canonical_scale: RoI size mapped to the 4th level (224 as in the FPN paper; smaller for tiny images).
         min_size, max_size: image resizing inside the model, (800, 1333) in the paper.
         backbone_kwargs: passed to the zoo builder.
+        cascade: three box stages and three mask heads (:class:`CascadeRoIHeads`), each box head a
+            4conv1fc head with ``head_norm``; otherwise Mask R-CNN's single stage.
         maskrcnn_kwargs: passed to ``torchvision.models.detection.MaskRCNN`` (RPN/RoI sampling, NMS, ...).
     """
     if head_norm not in HEAD_NORMS:
@@ -81,15 +89,25 @@ def maskrcnn(
         raise ValueError(f"need one anchor size per map ({list(shapes)}), got {list(anchor_sizes)}")
     anchors = AnchorGenerator(tuple((float(s),) for s in anchor_sizes), ((0.5, 1.0, 2.0),) * len(shapes))
     levels = body.level_names
-    box_head = ConvFCBoxHead(
-        fpn_channels,
-        7,
-        conv_channels=box_conv_channels,
-        fc_channels=box_fc_channels,
-        norm=head_norm,
-        num_mixtures=an_mixtures,
-    )
-    return MaskRCNN(
+    stages = 3 if cascade else 1
+    box_heads = [
+        ConvFCBoxHead(
+            fpn_channels,
+            7,
+            conv_channels=box_conv_channels,
+            num_convs=box_convs,
+            fc_channels=box_fc_channels,
+            num_fcs=box_fcs,
+            norm=head_norm,
+            num_mixtures=an_mixtures,
+        )
+        for _ in range(stages)
+    ]
+    mask_heads = [mask_head(fpn_channels, mask_channels, norm=mask_norm) for _ in range(stages)]
+    mask_predictors = [
+        MaskRCNNPredictor(mask_channels, mask_channels, num_classes + 1) for _ in range(stages)
+    ]
+    model = MaskRCNN(
         body,
         num_classes=None,
         min_size=min_size,
@@ -97,10 +115,26 @@ def maskrcnn(
         rpn_anchor_generator=anchors,
         rpn_head=RPNHead(fpn_channels, anchors.num_anchors_per_location()[0]),
         box_roi_pool=MultiScaleRoIAlign(levels, 7, 2, canonical_scale=canonical_scale),
-        box_head=box_head,
-        box_predictor=FastRCNNPredictor(box_head.out_channels, num_classes + 1),
+        box_head=box_heads[0],
+        box_predictor=FastRCNNPredictor(box_heads[0].out_channels, num_classes + 1),
         mask_roi_pool=MultiScaleRoIAlign(levels, 14, 2, canonical_scale=canonical_scale),
-        mask_head=mask_head(fpn_channels, mask_channels, norm=mask_norm),
-        mask_predictor=MaskRCNNPredictor(mask_channels, mask_channels, num_classes + 1),
+        mask_head=mask_heads[0],
+        mask_predictor=mask_predictors[0],
         **maskrcnn_kwargs,
     )
+    if cascade:
+        heads = model.roi_heads
+        model.roi_heads = CascadeRoIHeads(
+            heads.box_roi_pool,
+            box_heads,
+            [AgnosticBoxPredictor(h.out_channels, num_classes + 1) for h in box_heads],
+            heads.mask_roi_pool,
+            mask_heads,
+            mask_predictors,
+            batch_size_per_image=heads.fg_bg_sampler.batch_size_per_image,
+            positive_fraction=heads.fg_bg_sampler.positive_fraction,
+            score_thresh=heads.score_thresh,
+            nms_thresh=heads.nms_thresh,
+            detections_per_img=heads.detections_per_img,
+        )
+    return model

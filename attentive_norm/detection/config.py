@@ -36,6 +36,8 @@ class ModelConfig:
     fpn_channels: int = 256
     box_conv_channels: int = 256
     box_fc_channels: int = 1024
+    box_convs: int = 4
+    box_fcs: int = 1
     mask_channels: int = 256
     frozen_stages: int = 1
     norm_eval: bool = True
@@ -46,6 +48,7 @@ class ModelConfig:
     max_size: int = 1333
     backbone_kwargs: dict[str, Any] = field(default_factory=dict)
     maskrcnn_kwargs: dict[str, Any] = field(default_factory=dict)
+    cascade: bool = False
 
 
 @dataclass

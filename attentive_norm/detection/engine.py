@@ -65,6 +65,8 @@ def _build(cfg: ModelConfig, num_classes: int, load_pretrained: bool) -> nn.Modu
         fpn_channels=cfg.fpn_channels,
         box_conv_channels=cfg.box_conv_channels,
         box_fc_channels=cfg.box_fc_channels,
+        box_convs=cfg.box_convs,
+        box_fcs=cfg.box_fcs,
         mask_channels=cfg.mask_channels,
         frozen_stages=cfg.frozen_stages,
         norm_eval=cfg.norm_eval,
@@ -74,6 +76,7 @@ def _build(cfg: ModelConfig, num_classes: int, load_pretrained: bool) -> nn.Modu
         min_size=cfg.min_size,
         max_size=cfg.max_size,
         backbone_kwargs=cfg.backbone_kwargs,
+        cascade=cfg.cascade,
         **cfg.maskrcnn_kwargs,
     )
 

@@ -22,6 +22,9 @@ def test_presets_hold_the_papers_coco_settings() -> None:
     for name in list_presets():
         load_config(name)
     assert load_config("mask_rcnn_r101_bn_fpn_2x").model.backbone == "resnet101"
+    cascade = load_config("cascade_mask_rcnn_r101_an_fpn_20e")
+    assert cascade.model.cascade and cascade.model.backbone == "resnet101_an"
+    assert (cascade.solver.epochs, cascade.solver.milestones) == (20, [16, 19])
 
 
 def test_files_bases_and_overrides(tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ from torchvision.ops import FrozenBatchNorm2d
 from attentive_norm.checkpoint.testing import official_state_from_model, write_official_checkpoint
 from attentive_norm.detection.backbone import build_backbone, default_out_indices
 from attentive_norm.detection.builder import maskrcnn
+from attentive_norm.detection.cascade import CascadeRoIHeads
 from attentive_norm.detection.heads import ConvFCBoxHead, mask_head
 from attentive_norm.layers import AttentiveBatchNorm2d, AttentiveGroupNorm
 from attentive_norm.layers.frozen_stats import FrozenStatsBatchNorm2d
@@ -146,3 +147,34 @@ def test_loads_the_authors_checkpoint_format(tmp_path: Path) -> None:
         write_official_checkpoint(*official_state_from_model(model), path, arch="resnet20_an")
 
     _checkpoint_roundtrip(tmp_path, write)
+
+
+def test_cascade_mask_rcnn() -> None:
+    model = maskrcnn(
+        "resnet20_an", 2, head_norm="an_gn", cascade=True, frozen_stages=0, norm_eval=False, **TINY
+    )
+    heads = model.roi_heads
+    assert isinstance(heads, CascadeRoIHeads)
+    assert len(heads.box_heads) == len(heads.mask_heads) == len(heads.box_predictors) == 3
+    assert [m.bbox_pred.out_features for m in heads.box_predictors] == [4, 4, 4]  # class-agnostic boxes
+    assert [m.high_threshold for m in heads.matchers] == [0.5, 0.6, 0.7]
+    model.train()
+    images = [torch.rand(3, 64, 64), torch.rand(3, 64, 64)]
+    losses = model(images, _targets())
+    assert {f"loss_{k}_s{s}" for k in ("classifier", "box_reg", "mask") for s in range(3)} < set(losses)
+    sum(losses.values()).backward()
+    assert all(p.grad is not None for h in heads.box_heads for p in h.parameters())
+
+    targets = _targets(1)
+    _, _, labels, is_gt, regression = heads._sample([torch.tensor([[0.0, 0, 8, 8]])], targets, 2)
+    assert is_gt[0].sum() == 1 and labels[0][is_gt[0]].tolist() == [1]
+    assert torch.allclose(regression[0][is_gt[0]], torch.zeros(1, 4), atol=1e-6)
+
+    model.eval()
+    heads.score_thresh = 0.0
+    with torch.no_grad():
+        out = model(images)[0]
+    n = len(out["boxes"])
+    assert n > 0 and out["masks"].shape == (n, 1, 64, 64)
+    assert out["masks"].min() >= 0 and out["masks"].max() <= 1
+    assert (out["boxes"] >= 0).all() and (out["boxes"] <= 64).all()
