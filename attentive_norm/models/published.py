@@ -32,7 +32,7 @@ PUBLISHED: dict[str, Published] = {
     "resnet101d_an": Published(params=45_019_876, top1_advanced=81.15),
     "mobilenetv2": Published(params=3.505, top1=71.31),
     "mobilenetv2_an": Published(params=3_672_760, top1=73.33),
-    "densenet121": Published(params=7.98),
+    "densenet121": Published(params=7_978_856),  # "7.98M (torchvision)": torchvision's exact count
     "densenet121_an": Published(params=8.342, top1=77.4),
     "aognet12m": Published(params=12_259_099, top1=77.78, top1_advanced=78.37),
     "aognet12m_an": Published(params=12_373_355, top1=78.72, top1_advanced=79.43),
