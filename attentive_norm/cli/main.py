@@ -10,7 +10,7 @@ import argparse
 import importlib
 import sys
 
-SUBCOMMANDS: tuple[str, ...] = ("models", "detect", "train", "validate", "compare", "convert")
+SUBCOMMANDS: tuple[str, ...] = ("models", "detect", "train", "validate", "compare", "convert", "benchmark")
 
 
 def build_parser() -> argparse.ArgumentParser:

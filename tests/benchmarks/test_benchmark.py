@@ -1,0 +1,153 @@
+"""The benchmark produces complete, well-formed results and files, and computes its ratios right.
+(No timing thresholds: timings depend on the machine and its load.)"""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+
+from attentive_norm.benchmarks.common import (
+    Settings,
+    add_ratios,
+    format_markdown,
+    format_table,
+    interleaved_times,
+    peak_memory_bytes,
+    summarise_times,
+)
+from attentive_norm.benchmarks.layer import PASSES, benchmark_layers, layer_shapes
+from attentive_norm.benchmarks.network import RATIO_KEYS, benchmark_networks, build_model
+from attentive_norm.cli.main import main
+from attentive_norm.models.flops import count_params
+
+TINY = Settings(batch_size=2, image_size=32, threads=1, warmup=0, iterations=2)
+
+
+def test_ratios_are_to_the_baseline_row() -> None:
+    rows = [{"t": 2.0, "m": 10.0}, {"t": 3.0, "m": 5.0}, {"t": None, "m": 0.0}]
+    add_ratios(rows, ["t", "m"])
+    assert [r["t_ratio"] for r in rows] == [1.0, 1.5, None]
+    assert [r["m_ratio"] for r in rows] == [1.0, 0.5, 0.0]
+    add_ratios(rows, ["m"], baseline=1)
+    assert [r["m_ratio"] for r in rows] == [2.0, 1.0, 0.0]
+    zero = [{"t": 0.0}, {"t": 1.0}]
+    add_ratios(zero, ["t"])
+    assert zero[1]["t_ratio"] is None  # no ratio to a zero baseline
+
+
+def test_interleaved_times_runs_each_candidate_round_robin() -> None:
+    calls: list[str] = []
+    times = interleaved_times({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, 1, 3)
+    assert calls == ["a", "b", "a", "b", "b", "a", "a", "b"]  # warm-up, then order reversed every round
+    assert {k: len(v) for k, v in times.items()} == {"a": 3, "b": 3}
+    summary = summarise_times([0.003, 0.001, 0.002])
+    assert summary == pytest.approx({"median_ms": 2.0, "min_ms": 1.0, "max_ms": 3.0})
+
+
+def test_peak_memory_counts_what_the_call_allocates() -> None:
+    def step() -> None:
+        a = torch.ones(1_000_000)  # 4 MB
+        b = torch.ones(1_000_000)  # 8 MB live
+        del a, b
+        torch.ones(500_000)  # then 2 MB
+
+    peak = peak_memory_bytes(step)
+    assert 8_000_000 <= peak < 8_100_000
+
+
+def test_tables() -> None:
+    rows = [{"name": "x", "v": 1.5}, {"name": "longer", "v": None}]
+    columns = [("name", "model", "{}"), ("v", "value", "{:.2f}")]
+    text = format_table(rows, columns).splitlines()
+    assert text[0].split() == ["model", "value"] and text[2].split() == ["x", "1.50"]
+    assert text[3].split() == ["longer", "-"]
+    assert format_markdown(rows, columns).splitlines()[2] == "| x | 1.50 |"
+
+
+def test_settings_are_checked() -> None:
+    with pytest.raises(ValueError, match="dtype"):
+        Settings(dtype="float16")
+    with pytest.raises(ValueError, match="iterations"):
+        Settings(iterations=0)
+
+
+def test_build_model_from_the_zoo_and_timm() -> None:
+    assert count_params(build_model("resnet20", 10)) == count_params(build_model("resnet20", 10))
+    assert type(build_model("timm:resnet18", 10)).__module__.startswith("timm")
+    with pytest.raises(ValueError, match="unknown model"):
+        build_model("no_such_model")
+
+
+def test_network_benchmark_rows() -> None:
+    result = benchmark_networks(["resnet20", "resnet20_an"], TINY)
+    assert result["kind"] == "network" and result["machine"]["torch_threads"] == 1
+    assert result["machine"]["settings"]["batch_size"] == 2
+    baseline, an = result["rows"]
+    assert baseline["model"] == "resnet20" and an["model"] == "resnet20_an"
+    assert an["params"] == count_params(build_model("resnet20_an"))
+    for key in RATIO_KEYS:
+        assert baseline[f"{key}_ratio"] == 1.0
+        assert an[f"{key}_ratio"] == pytest.approx(an[key] / baseline[key])
+    for row in result["rows"]:
+        assert len(row["train_times_ms"]) == len(row["infer_times_ms"]) == 2
+        assert row["train_ms"] > 0 and row["infer_ms"] > 0 and row["train_peak_mb"] > row["state_mb"] > 0
+        assert row["train_images_per_s"] == pytest.approx(2 / (row["train_ms"] / 1e3))
+    assert an["params"] > baseline["params"] and an["flops"] > baseline["flops"]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_layer_benchmark_rows(dtype: str) -> None:
+    # bf16 autocast also with channels_last inputs.
+    settings = Settings(
+        batch_size=2,
+        image_size=64,
+        threads=1,
+        warmup=0,
+        iterations=1,
+        dtype=dtype,
+        channels_last=dtype == "bfloat16",
+    )
+    shapes = layer_shapes(2, 64)
+    assert [s[1] for s in shapes] == [64, 128, 256, 512] and [s[2] for s in shapes] == [16, 8, 4, 2]
+    result = benchmark_layers(settings, shapes=shapes[2:])
+    rows = result["rows"]
+    assert [(r["shape"], r["pass"]) for r in rows] == [
+        (f"2×{c}×{h}×{w}, K={k}", p) for _, c, h, w, k in shapes[2:] for p in PASSES
+    ]
+    for row in rows:
+        for name in ("batchnorm", "an", "composite", "reference"):
+            assert row[f"{name}_ms"] > 0 and len(row[f"{name}_times_ms"]) == 1
+        assert row["an_over_batchnorm"] == pytest.approx(row["an_ms"] / row["batchnorm_ms"])
+        assert row["reference_over_an"] == pytest.approx(row["reference_ms"] / row["an_ms"])
+
+
+def test_cli_writes_json_csv_markdown_and_png(tmp_path, capsys) -> None:
+    out = tmp_path / "bench"
+    assert main(["benchmark", "--quick", "--threads", "1", "--output", str(out), "--name", "net"]) == 0
+    printed = capsys.readouterr().out
+    assert "resnet20_an" in printed and "attentive-norm benchmark --models resnet20,resnet20_an" in printed
+    result = json.loads((out / "net.json").read_text())
+    assert [r["model"] for r in result["rows"]] == ["resnet20", "resnet20_an"]
+    assert result["command"].startswith("attentive-norm benchmark") and result["machine"]["cpu"]
+    with open(out / "net.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["model"] for r in rows] == ["resnet20", "resnet20_an"] and float(rows[0]["train_ms_ratio"]) == 1
+    assert "| resnet20_an |" in (out / "net.md").read_text()
+    assert (out / "net.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    argv = ["benchmark", "--layer", "--quick", "--threads", "1", "--output", str(out), "--name", "layer"]
+    assert main(argv) == 0
+    result = json.loads((out / "layer.json").read_text())
+    assert result["kind"] == "layer" and len(result["rows"]) == 4 * len(PASSES)
+    with open(out / "layer.csv") as f:
+        assert len(list(csv.DictReader(f))) == 4 * len(PASSES)
+    assert (out / "layer.png").stat().st_size > 0 and "AN / BN" in (out / "layer.md").read_text()
+
+
+def test_cli_reports_unknown_models(tmp_path, capsys) -> None:
+    argv = ["benchmark", "--quick", "--models", "resnet20,nope", "--output", str(tmp_path)]
+    assert main(argv) == 2
+    assert "unknown model 'nope'" in capsys.readouterr().err
