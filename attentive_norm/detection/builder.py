@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from torch import nn
 from torchvision.models.detection import MaskRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
@@ -116,7 +117,7 @@ def maskrcnn(
         rpn_head=RPNHead(fpn_channels, anchors.num_anchors_per_location()[0]),
         box_roi_pool=MultiScaleRoIAlign(levels, 7, 2, canonical_scale=canonical_scale),
         box_head=box_heads[0],
-        box_predictor=FastRCNNPredictor(box_heads[0].out_channels, num_classes + 1),
+        box_predictor=_box_predictor(box_heads[0].out_channels, num_classes + 1),
         mask_roi_pool=MultiScaleRoIAlign(levels, 14, 2, canonical_scale=canonical_scale),
         mask_head=mask_heads[0],
         mask_predictor=mask_predictors[0],
@@ -138,3 +139,14 @@ def maskrcnn(
             detections_per_img=heads.detections_per_img,
         )
     return model
+
+
+def _box_predictor(in_channels: int, num_classes: int) -> FastRCNNPredictor:
+    """torchvision's predictor with mmdetection's init (the authors' code base): N(0, 0.01) class
+    scores, N(0, 0.001) box deltas, zero biases, so training starts from uniform class scores."""
+    predictor = FastRCNNPredictor(in_channels, num_classes)
+    nn.init.normal_(predictor.cls_score.weight, std=0.01)
+    nn.init.normal_(predictor.bbox_pred.weight, std=0.001)
+    nn.init.zeros_(predictor.cls_score.bias)
+    nn.init.zeros_(predictor.bbox_pred.bias)
+    return predictor
