@@ -15,6 +15,8 @@ from pathlib import Path
 from PIL import Image
 from torch.utils.data import Dataset
 
+from .images import open_rgb
+
 IMAGE_EXTENSIONS: tuple[str, ...] = (
     ".jpg",
     ".jpeg",
@@ -69,8 +71,7 @@ class ImageFolderData(Dataset):
 
     def load(self, index: int) -> tuple[Image.Image, int]:
         path, label = self.samples[index]
-        with Image.open(path) as image:
-            return image.convert("RGB"), label
+        return open_rgb(path), label
 
     def describe(self, index: int) -> str:
         return self.samples[index][0]

@@ -2,7 +2,8 @@
 
 Bad input is handled before it reaches the model: a JSON that is not in COCO instances format raises
 :class:`CocoFormatError` with what is wrong; images whose files are missing, empty images and degenerate
-boxes are skipped and counted in :attr:`CocoInstances.skipped` (reported once, in one line).
+boxes, and annotations of image ids the JSON lacks are skipped and counted in :attr:`CocoInstances.skipped`
+(reported once, in one line). Images of any mode (grey, palette, CMYK, alpha, 16-bit) become 8-bit RGB.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from ..data.folder import DataError
+from ..data.images import open_rgb
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +151,9 @@ class CocoInstances(Dataset):
         self.cat_id_to_label = {c: i for i, c in self.label_to_cat_id.items()}
         self.class_names = [self.coco.cats[c].get("name", str(c)) for c in self.cat_ids]
         self.skipped: Counter[str] = Counter()
+        anns = self.coco.dataset["annotations"]
+        if dangling := sum(a["image_id"] not in self.coco.imgs for a in anns):
+            self.skipped["annotations of an unknown image id"] = dangling
         if not self.image_dir.is_dir():
             raise FileNotFoundError(f"image folder not found: {self.image_dir}")
         self.image_ids = [i for i in sorted(self.coco.imgs) if self._keep_image(i)]
@@ -210,8 +215,7 @@ class CocoInstances(Dataset):
         """The RGB image of item ``index``; a clear error for an unreadable file."""
         path = self.image_dir / self.coco.imgs[self.image_ids[index]]["file_name"]
         try:
-            with Image.open(path) as image:
-                return image.convert("RGB")
+            return open_rgb(path)
         except (OSError, UnidentifiedImageError) as e:
             raise DataError(f"cannot read image {path}: {e}") from e
 
