@@ -40,6 +40,7 @@ class TrainConfig:
     )
     # data
     data: str | None = _opt(None, "ImageFolder root with train/ and val/; unset: the bundled digits")
+    requires_data: bool = _opt(False, "refuse to run without --data (set by the ImageNet presets)")
     image_size: int = _opt(32, "training crop and evaluation crop size (ImageNet: 224)")
     eval_resize: int | None = _opt(None, "resize the shorter side before the centre crop (ImageNet: 256)")
     interpolation: str = _opt("bilinear", "resize interpolation: bilinear or bicubic")
@@ -58,6 +59,7 @@ class TrainConfig:
     label_smoothing: float = _opt(0.0, "label smoothing (the paper's advanced recipe: 0.1)")
     mixup_alpha: float = _opt(0.0, "mixup Beta(alpha, alpha), one lambda per batch; 0 disables")
     clip_grad: float | None = _opt(None, "clip the global gradient norm to this value")
+    skip_nonfinite: bool = _opt(False, "skip (and count) steps whose loss is NaN/Inf instead of stopping")
     ema_decay: float | None = _opt(None, "keep an exponential moving average of the weights (e.g. 0.9999)")
     # precision and speed
     amp: str = _opt("none", "mixed precision: none, bf16 or fp16 (fp16 uses a gradient scaler)")
@@ -72,6 +74,7 @@ class TrainConfig:
     output: str = _opt("runs", "folder that receives the run folders")
     name: str | None = _opt(None, "run folder name (unset: time stamp and model)")
     save_every: int = _opt(0, "also save the latest checkpoint every N steps (0: at epoch ends only)")
+    auto_resume: bool = _opt(False, "continue output/name from its latest checkpoint if it has one")
     attention_layer: str | None = _opt(None, "AN layer whose class-mean weights are plotted (unset: last)")
     progress: bool = _opt(True, "show a progress bar per epoch")
 

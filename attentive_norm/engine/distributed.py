@@ -62,6 +62,11 @@ def setup(device: str = "auto") -> DistEnv:
     return DistEnv(rank, world_size, local_rank, local_world_size, dev)
 
 
+def elastic_restart_count() -> int:
+    """How often ``torchrun`` has restarted this job (0: first attempt, or no ``torchrun``)."""
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+
+
 def cleanup() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
@@ -73,6 +78,12 @@ def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
         values = values.clone()
         dist.all_reduce(values)
     return values
+
+
+def on_any_process(flag: bool | torch.Tensor, device: torch.device) -> bool:
+    """Whether ``flag`` holds on some process: the same answer everywhere (one tiny all-reduce)."""
+    value = flag if isinstance(flag, torch.Tensor) else torch.tensor(flag, device=device)
+    return bool(all_reduce_sum(value.reshape(1).to(torch.float64)).item() > 0)
 
 
 def all_gather_objects(obj: object) -> list[object]:

@@ -22,7 +22,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..checkpoint import CheckpointError, atomic_save, safe_torch_load
+from ..checkpoint import CheckpointError, atomic_write, safe_torch_load
+from . import faults
 
 FORMAT = "attentive_norm.train"
 VERSION = 1
@@ -53,7 +54,9 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 def save(state: dict[str, Any], path: str | os.PathLike) -> None:
     """Write a training checkpoint atomically (a crash never leaves a half-written file)."""
-    atomic_save({"format": FORMAT, "version": VERSION, **state}, path)
+    snapshot = {"format": FORMAT, "version": VERSION, **state}
+    point = f"save:{state.get('step')}"
+    atomic_write(path, lambda f: torch.save(snapshot, faults.writer(f, point)))
 
 
 def resolve(path: str | os.PathLike) -> Path:

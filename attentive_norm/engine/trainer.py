@@ -4,14 +4,19 @@ Single process or ``torchrun`` (DDP, one process per GPU or gloo on CPU). Rank 0
 writes; every process computes. A run folder holds ``config.yaml`` (the resolved configuration),
 ``summary.csv``, ``checkpoint_last.pt``/``checkpoint_best.pt``, ``curves.png`` and, for models with AN,
 ``attention.png``/``attention.csv``. A run resumed from ``checkpoint_last.pt`` continues exactly: the
-sampler position, every random state and the running epoch's sums are restored.
+sampler position, every random state and the running epoch's sums are restored; so does a run that
+``torchrun`` restarts after a failure, or one started with ``--auto-resume`` (see :mod:`.run_folder`).
+
+Faults stop the run with one clear message, or are skipped and counted: a loss that is not finite
+stops it, naming the step (``--skip-nonfinite``: the step is skipped), a failed save stops it with the
+previous checkpoint intact, unreadable images are skipped, and a step in which one process has no
+readable image is skipped by every process (no process waits for another forever).
 """
 
 from __future__ import annotations
 
 import os
 import random
-import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,14 +28,15 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from ..checkpoint import CheckpointError
+from ..checkpoint import CheckpointError, CheckpointSaveError
+from ..checkpoint.atomic import remove_stale_temporaries
 from ..data.folder import DataError
 from ..data.loader import build_loaders
 from ..data.mixup import mixup, mixup_loss
 from ..data.seeds import mix_seed
 from ..layers.convert import convert_sync_norm
 from ..models import create_model, get_model_entrypoint
-from . import distributed, state
+from . import distributed, faults, run_folder, state
 from .attention_maps import an_layer_names, class_mean_attention
 from .config import ConfigError, TrainConfig, dump_yaml
 from .ema import ModelEma
@@ -39,9 +45,6 @@ from .optim import build_optimizer
 from .plots import plot_attention, plot_curves
 from .report import table_header, table_row, write_csv
 from .schedule import WarmupCosine
-
-KILL_ENV = "ATTENTIVE_NORM_KILL_AFTER_STEP"
-"""Testing hook: the process SIGKILLs itself after this many optimisation steps (resume tests)."""
 
 RESUME_FIXED = ("model", "model_kwargs", "data", "subset", "batch_size", "seed", "image_size")
 """Settings a resumed run must share with the checkpoint (they fix the model and the data order)."""
@@ -64,6 +67,13 @@ def train(cfg: TrainConfig, resume: str | os.PathLike | None = None) -> TrainRes
         get_model_entrypoint(cfg.model)
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
+    if cfg.requires_data and cfg.data is None:
+        raise ConfigError(
+            f"this recipe ({cfg.model}) is meant for ImageNet-size data, not the bundled digits: "
+            "give --data ROOT (an ImageFolder with train/ and val/)"
+        )
+    if resume is None:
+        resume = run_folder.auto_resume_source(cfg)
     saved = state.load(resume) if resume is not None else None
     if saved is not None:
         _check_resumable(cfg, saved)
@@ -125,7 +135,8 @@ def train(cfg: TrainConfig, resume: str | os.PathLike | None = None) -> TrainRes
         meters = _new_meters(env.device)
         meters["seconds"] = saved["meters"]["seconds"]
         if env.is_main:
-            meters["sums"] += saved["meters"]["sums"].to(env.device)
+            sums = saved["meters"]["sums"]
+            meters["sums"][: len(sums)] += sums.to(env.device)  # older checkpoints hold fewer sums
     # The real schedule: the checkpoint's may have been built for another number of epochs.
     schedule.total_steps = cfg.epochs * steps_per_epoch
 
@@ -137,7 +148,7 @@ def train(cfg: TrainConfig, resume: str | os.PathLike | None = None) -> TrainRes
     if cfg.compile:
         net = torch.compile(net)
 
-    run_dir = _run_folder(cfg, resume) if env.is_main else None
+    run_dir = run_folder.create(cfg, resume) if env.is_main else None
     if run_dir is not None:
         header = (
             f"resolved configuration of run {run_dir.name}; {env.world_size} process(es), "
@@ -154,41 +165,110 @@ def train(cfg: TrainConfig, resume: str | os.PathLike | None = None) -> TrainRes
     )
     if saved is not None:
         log(f"resuming {resume} at epoch {start_epoch + 1}, batch {start_batch} (step {saved['step']})")
+        if run_dir is not None:
+            stale = [p for name in (state.LAST, state.BEST) for p in remove_stale_temporaries(run_dir / name)]
+            if stale:
+                log(f"removed {len(stale)} partial checkpoint file(s) left by an interrupted save")
         # Same world size: every process continues its own random stream (else rank 0's, for all).
         rngs = saved["rng"]
         state.set_rng_state(rngs[env.rank] if len(rngs) == env.world_size else rngs[0])
 
+    saved_step = saved["step"] if saved is not None else None
+
+    def kept() -> str:
+        if saved_step is None:
+            return "no checkpoint was written yet"
+        return f"the last good checkpoint (step {saved_step}) is kept; continue with --resume"
+
     def checkpoint(epoch: int, batch: int, path_names: tuple[str, ...]) -> None:
+        """Collective: every process contributes; rank 0 writes; a failed write stops every process."""
+        nonlocal saved_step
         rngs = distributed.all_gather_objects(state.rng_state())
         sums = distributed.all_reduce_sum(meters["sums"])
-        if not torch.isfinite(sums[0]):
-            raise FloatingPointError(
-                f"the training loss is not finite (epoch {epoch + 1}); last checkpoint kept"
-            )
-        if run_dir is None:
-            return
-        snapshot = {
-            "args": model_args,
-            "classes": loaders.classes,
-            "config": cfg.to_dict(),
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": schedule.state_dict(),
-            "scaler": scaler.state_dict(),
-            "ema": ema.state_dict() if ema is not None else None,
-            "epoch": epoch,
-            "batch": batch,
-            "step": epoch * steps_per_epoch + batch,
-            "rng": rngs,
-            "history": history,
-            "meters": {"sums": sums.cpu(), "seconds": meters["seconds"]},
-            "best": best,
-            "world_size": env.world_size,
-        }
-        for name in path_names:
-            state.save(snapshot, run_dir / name)
+        step = epoch * steps_per_epoch + batch
+        failure = None
+        if run_dir is not None:
+            snapshot = {
+                "args": model_args,
+                "classes": loaders.classes,
+                "config": cfg.to_dict(),
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": schedule.state_dict(),
+                "scaler": scaler.state_dict(),
+                "ema": ema.state_dict() if ema is not None else None,
+                "epoch": epoch,
+                "batch": batch,
+                "step": step,
+                "rng": rngs,
+                "history": history,
+                "meters": {"sums": sums.cpu(), "seconds": meters["seconds"]},
+                "best": best,
+                "world_size": env.world_size,
+            }
+            try:
+                for name in path_names:
+                    state.save(snapshot, run_dir / name)
+                    saved_step = step if name == state.LAST else saved_step
+            except CheckpointSaveError as exc:  # disk full, read-only folder, ...
+                failure = f"{exc}; training stopped at step {step}: {kept()}"
+        failure = distributed.broadcast_object(failure)
+        if failure is not None:
+            raise CheckpointSaveError(failure)
+        saved_step = step
 
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+
+    def optimise(images: torch.Tensor, target: torch.Tensor, epoch: int, batch: int) -> torch.Tensor | None:
+        """One optimisation step, its sums added to the meters: the loss, or None if it was skipped."""
+        step = epoch * steps_per_epoch + batch
+        images = images.to(env.device, non_blocking=True, memory_format=memory_format)
+        target = target.to(env.device, non_blocking=True)
+        if cfg.mixup_alpha > 0:
+            images, partner, lam = mixup(
+                images, target, cfg.mixup_alpha, seed=mix_seed(cfg.seed, step, env.rank)
+            )
+        # A skipped step must not keep the statistics its forward pass updated (they may be NaN).
+        buffers = [b.detach().clone() for b in model.buffers()] if cfg.skip_nonfinite else []
+        with autocast(env.device, cfg.amp):
+            logits = net(images)
+            if cfg.mixup_alpha > 0:
+                loss = mixup_loss(logits, target, partner, lam, cfg.label_smoothing)
+            else:
+                loss = F.cross_entropy(logits, target, label_smoothing=cfg.label_smoothing)
+        if distributed.on_any_process(~torch.isfinite(loss.detach()), env.device):
+            where = f"step {step + 1} (epoch {epoch + 1}, batch {batch + 1}; this process: {loss.item():.4g})"
+            if not cfg.skip_nonfinite:
+                raise FloatingPointError(
+                    f"the training loss is not finite at {where}; training stopped: {kept()}. "
+                    "Lower --lr, set --clip-grad, or pass --skip-nonfinite to skip such steps"
+                )
+            log(f"the training loss is not finite at {where}: step skipped (--skip-nonfinite)")
+            with torch.no_grad():
+                for buffer, before in zip(model.buffers(), buffers):
+                    buffer.copy_(before)
+            return None
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        if cfg.clip_grad is not None:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
+        faults.kill_at(f"step:{step + 1}", env.rank)
+        scaler.step(optimizer)
+        scaler.update()
+        if ema is not None:
+            ema.update(model)
+        with torch.no_grad():
+            n = len(target)
+            meters["sums"][:3] += torch.stack(
+                [
+                    loss.detach().double() * n,
+                    correct_topk(logits, target, (1,))[0].double(),
+                    _f64(n, env.device),
+                ]
+            )
+        return loss
+
     printed_header = bool(history)
     if history:
         log(table_header(history[-1]))
@@ -213,58 +293,36 @@ def train(cfg: TrainConfig, resume: str | os.PathLike | None = None) -> TrainRes
         for batch, (images, target, skipped) in enumerate(bar, start=first):
             step = epoch * steps_per_epoch + batch
             lr = schedule.set_step(step)
-            if len(target) == 0:
-                raise DataError(
-                    f"every image of a batch failed to load, e.g. {skipped[0].what}: {skipped[0].reason}"
-                )
-            images = images.to(env.device, non_blocking=True, memory_format=memory_format)
-            target = target.to(env.device, non_blocking=True)
-            if cfg.mixup_alpha > 0:
-                images, partner, lam = mixup(
-                    images, target, cfg.mixup_alpha, seed=mix_seed(cfg.seed, step, env.rank)
-                )
-            with autocast(env.device, cfg.amp):
-                logits = net(images)
-                if cfg.mixup_alpha > 0:
-                    loss = mixup_loss(logits, target, partner, lam, cfg.label_smoothing)
-                else:
-                    loss = F.cross_entropy(logits, target, label_smoothing=cfg.label_smoothing)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if cfg.clip_grad is not None:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
-            scaler.step(optimizer)
-            scaler.update()
-            if ema is not None:
-                ema.update(model)
-
-            with torch.no_grad():
-                n = len(target)
-                meters["sums"] += torch.stack(
-                    [
-                        loss.detach().double() * n,
-                        correct_topk(logits, target, (1,))[0].double(),
-                        _f64(n, env.device),
-                        _f64(len(skipped), env.device),
-                    ]
-                )
+            for bad in skipped:
+                log(f"skipped an unreadable image: {bad.what} ({bad.reason})")
+            loss = None
+            if distributed.on_any_process(len(target) == 0, env.device):
+                log(f"step {step + 1} skipped: every image of a process's batch failed to load")
+            else:
+                loss = optimise(images, target, epoch, batch)
+            if loss is None:  # every process skips the step; rank 0 counts it
+                meters["sums"] += torch.tensor([0, 0, 0, len(skipped), env.is_main], device=env.device)
+            else:
+                meters["sums"][3] += len(skipped)
             now = time.perf_counter()
             meters["seconds"] += now - tick
             tick = now
-            for bad in skipped:
-                log(f"skipped an unreadable image: {bad.what} ({bad.reason})")
-            if env.is_main and cfg.progress and (batch % 10 == 0 or batch == steps_per_epoch - 1):
+            shown = env.is_main and cfg.progress and (batch % 10 == 0 or batch == steps_per_epoch - 1)
+            if loss is not None and shown:
                 bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.3g}")
             if cfg.save_every and (step + 1) % cfg.save_every == 0:
                 checkpoint(epoch, batch + 1, (state.LAST,))
-            if os.environ.get(KILL_ENV) == str(step + 1):
-                os.kill(os.getpid(), signal.SIGKILL)
         bar.close()
 
         sums = distributed.all_reduce_sum(meters["sums"]).tolist()
+        if sums[2] == 0:
+            raise DataError(
+                f"no step of epoch {epoch + 1} could be trained ({int(sums[4])} steps skipped, "
+                f"{int(sums[3])} unreadable images); see the messages above"
+            )
         seconds = meters["seconds"]
-        val = evaluate(model, loaders.val, env.device, amp=cfg.amp, channels_last=cfg.channels_last)
+        val_batches = faults.after_first(loaders.val, f"eval:{epoch + 1}", env.rank)
+        val = evaluate(model, val_batches, env.device, amp=cfg.amp, channels_last=cfg.channels_last)
         row = {
             "epoch": epoch + 1,
             "train_loss": sums[0] / max(sums[2], 1),
@@ -283,6 +341,7 @@ def train(cfg: TrainConfig, resume: str | os.PathLike | None = None) -> TrainRes
             images_per_s=sums[2] / max(seconds, 1e-9),
             epoch_time_s=seconds,
             skipped=int(sums[3]) + val["skipped"],
+            skipped_steps=int(sums[4]),
         )
         history.append(row)
         is_best = row["val_top1"] > best["top1"]
@@ -350,28 +409,10 @@ def _check_resumable(cfg: TrainConfig, saved: dict) -> None:
         )
 
 
-def _run_folder(cfg: TrainConfig, resume: str | os.PathLike | None) -> Path:
-    if resume is not None:
-        return state.resolve(resume).parent
-    if cfg.name is not None:
-        path = Path(cfg.output) / cfg.name
-        if path.exists() and any(path.iterdir()):
-            raise ConfigError(
-                f"run folder {path} exists; continue it with --resume {path} or pick another --name"
-            )
-    else:
-        stem = Path(cfg.output) / f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.model}"
-        path, n = stem, 1
-        while path.exists():
-            n += 1
-            path = stem.with_name(f"{stem.name}-{n}")
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
 def _new_meters(device: torch.device) -> dict:
-    """The running epoch's sums (loss × images, correct, images, skipped) and training seconds."""
-    return {"sums": torch.zeros(4, dtype=torch.float64, device=device), "seconds": 0.0}
+    """The running epoch's sums (loss × images, correct, images, unreadable images, skipped steps) and
+    training seconds."""
+    return {"sums": torch.zeros(5, dtype=torch.float64, device=device), "seconds": 0.0}
 
 
 def _f64(value: float, device: torch.device) -> torch.Tensor:

@@ -35,6 +35,7 @@ def run_cli(capsys, *argv):
         (["--data", "/no/such/folder"], "data folder /no/such/folder does not exist"),
         (["--epochs", "0"], "epochs=0 is out of range"),
         (["--config", "no_such_recipe"], "neither a file nor a preset"),
+        (["--config", "resnet50_an"], "meant for ImageNet-size data, not the bundled digits: give --data"),
         (["--resume", "/no/such/run"], "no checkpoint at /no/such/run"),
         (["--model", "resnet21_an"], "did you mean resnet20_an"),
     ],

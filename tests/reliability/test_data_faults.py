@@ -47,13 +47,19 @@ def encoded(image: Image.Image, fmt: str) -> bytes:
     return buffer.getvalue()
 
 
-def noise(seed: int) -> Image.Image:
-    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (16, 16, 3), np.uint8))
+def noise(seed: int, size: int = 16) -> Image.Image:
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (size, size, 3), np.uint8))
+
+
+def cut_jpeg(seed: int) -> bytes:
+    """A JPEG cut inside its image data: PIL's verify() passes it, decoding fails."""
+    data = encoded(noise(seed, 64), "JPEG")
+    return data[: len(data) // 2]
 
 
 BROKEN = {
     "truncated.png": encoded(noise(1), "PNG")[:300],
-    "truncated.jpg": encoded(noise(2), "JPEG")[:300],  # passes PIL's verify(): fails only when decoded
+    "truncated.jpg": cut_jpeg(2),
     "garbage.png": b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4,
     "empty.jpg": b"",
 }
