@@ -1,4 +1,5 @@
-"""Test helpers: checkpoints in the authors' released format (written without apex), random states.
+"""Test helpers: checkpoints in the authors' released format (written without apex), random states, and
+objects whose unpickling would run code (for the tests that prove no loader unpickles them).
 
 The layout follows SPEC.md §6: legacy (non-zip) ``torch.save``; ``{'epoch', 'arch', 'state_dict',
 'best_prec1', 'optimizer'}``; keys ``module.network.`` + the authors' names; fp16 tensors except the
@@ -10,12 +11,14 @@ parameters, in parameter order. The fake apex module exists only while the file 
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import os
 import sys
 import types
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -126,6 +129,26 @@ def randomize_state(model: nn.Module, seed: int = 0) -> None:
             else:
                 spread = value.float().std().item() if value.numel() > 1 else 0.0
                 value.add_(0.1 * (spread or 1.0) * torch.randn(value.shape, generator=generator))
+
+
+class RunsShell:
+    """Unpickling this calls ``os.system`` (a shell command creating ``marker``)."""
+
+    def __init__(self, marker: str | os.PathLike) -> None:
+        self.marker = Path(marker)
+
+    def __reduce__(self) -> tuple:
+        return (os.system, (f"touch {self.marker}",))
+
+
+class RunsPython:
+    """Unpickling this calls ``exec`` (Python code creating ``marker``)."""
+
+    def __init__(self, marker: str | os.PathLike) -> None:
+        self.marker = Path(marker)
+
+    def __reduce__(self) -> tuple:
+        return (builtins.exec, (f"open({str(self.marker)!r}, 'w').close()",))
 
 
 @contextlib.contextmanager

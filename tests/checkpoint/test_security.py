@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import builtins
-import os
 import pickle
 import sys
 from pathlib import Path
@@ -20,29 +18,14 @@ from attentive_norm.checkpoint import (
     safe_torch_load,
 )
 from attentive_norm.checkpoint.apex_stub import ApexLossScalerStub
-from attentive_norm.checkpoint.testing import official_state_from_model, write_official_checkpoint
+from attentive_norm.checkpoint.testing import (
+    RunsPython,
+    RunsShell,
+    official_state_from_model,
+    write_official_checkpoint,
+)
 
 FORMATS = {"zip": {}, "legacy": {"_use_new_zipfile_serialization": False}}
-
-
-class RunsShell:
-    """Unpickling this calls ``os.system`` (a shell command creating the marker)."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self) -> tuple:
-        return (os.system, (f"touch {self.marker}",))
-
-
-class RunsPython:
-    """Unpickling this calls ``exec`` (Python code creating the marker)."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self) -> tuple:
-        return (builtins.exec, (f"open({str(self.marker)!r}, 'w').close()",))
 
 
 @pytest.mark.parametrize("payload", [RunsShell, RunsPython])
