@@ -1,0 +1,128 @@
+"""Fuzzing the AN layers (hypothesis) over shapes (batch 0 and 1, 1×1 maps), channels and groups, K,
+attention heads and poolings, float32, float64 and bf16 autocast, train and eval, and inputs from tiny
+to huge and constant: the output has the input's shape and dtype, it and every gradient are finite,
+and in float64 the paper's configuration equals the line-by-line formula (layers/reference.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+from hypothesis import event, given, settings
+from hypothesis import strategies as st
+from torch import Tensor, nn
+
+from attentive_norm import AttentiveBatchNorm2d, AttentiveGroupNorm
+from attentive_norm.layers import ATTENTION_HEADS, POOLINGS
+from attentive_norm.layers.reference import reference_attentive_batch_norm, reference_attentive_group_norm
+
+FUZZ = settings(max_examples=120, deadline=5000)
+PAPER_HEADS = {"bn": "conv_bn_hsigmoid", "gn": "conv_bias_hsigmoid"}
+
+
+@dataclass
+class Case:
+    kind: str  # "bn" or "gn"
+    shape: tuple[int, int, int, int]
+    groups: int
+    mixtures: int
+    head: str
+    pooling: str
+    precision: str  # "float32", "float64" or "bf16" (float32 input under bf16 autocast)
+    training: bool
+    track_running_stats: bool
+    scale: float
+    constant: bool
+
+    def layer(self) -> nn.Module:
+        options = {"attention": self.head, "pooling": self.pooling}
+        if self.kind == "bn":
+            layer = AttentiveBatchNorm2d(
+                self.shape[1], self.mixtures, track_running_stats=self.track_running_stats, **options
+            )
+        else:
+            layer = AttentiveGroupNorm(self.shape[1], self.groups, self.mixtures, **options)
+        return layer.to(torch.float64 if self.precision == "float64" else torch.float32).train(self.training)
+
+    def input(self, seed: int) -> Tensor:
+        dtype = torch.float64 if self.precision == "float64" else torch.float32
+        if self.constant:
+            return torch.full(self.shape, self.scale, dtype=dtype)
+        generator = torch.Generator().manual_seed(seed)
+        return torch.randn(self.shape, generator=generator, dtype=dtype) * self.scale
+
+    def is_paper_configuration(self) -> bool:
+        n, _, h, w = self.shape
+        batch_statistics = self.kind == "gn" or not self.training or n >= 2
+        return (
+            self.precision == "float64"
+            and self.head == PAPER_HEADS[self.kind]
+            and self.pooling == "mean_rsqrt_var"
+            and (self.kind == "gn" or self.track_running_stats)
+            and h * w >= 2  # the formula's unbiased pooling variance is NaN on 1×1 maps; ours is 0
+            and n >= 1
+            and batch_statistics  # a training batch of one standardises its logits with running stats
+            and not self.constant  # constant input: both are the mixture bias up to rounding noise
+        )
+
+
+@st.composite
+def cases(draw: st.DrawFn) -> Case:
+    """Any configuration; half of them the paper's in float64 (compared with the formula)."""
+    kind = draw(st.sampled_from(["bn", "gn"]))
+    paper = draw(st.booleans())
+    channels = draw(st.integers(1, 12))
+    groups = draw(st.sampled_from([g for g in range(1, channels + 1) if channels % g == 0]))
+    n, h, w = (
+        draw(st.integers(2 if paper else 0, 4)),
+        draw(st.integers(1, 5)),
+        draw(st.integers(2 if paper else 1, 5)),
+    )
+    constant = not paper and draw(st.booleans())
+    scale = draw(st.floats(-1e3, 1e3)) if constant else 10.0 ** draw(st.integers(-6, 6))
+    return Case(
+        kind=kind,
+        shape=(n, channels, h, w),
+        groups=groups,
+        mixtures=draw(st.integers(1, 4)),
+        head=PAPER_HEADS[kind] if paper else draw(st.sampled_from(ATTENTION_HEADS)),
+        pooling="mean_rsqrt_var" if paper else draw(st.sampled_from(POOLINGS)),
+        precision="float64" if paper else draw(st.sampled_from(["float32", "float64", "bf16"])),
+        training=draw(st.booleans()),
+        track_running_stats=paper or draw(st.booleans()),
+        scale=scale,
+        constant=constant,
+    )
+
+
+def reference(layer: nn.Module, case: Case, x: Tensor) -> Tensor:
+    head = layer.attention
+    if case.kind == "gn":
+        weights = (layer.mixture_weight, layer.mixture_bias, head.weight, head.bias)
+        return reference_attentive_group_norm(x, case.groups, *weights)
+    stats = [t.clone() for t in (layer.running_mean, layer.running_var)]
+    stats += [t.clone() for t in (head.norm.running_mean, head.norm.running_var)]
+    weights = (layer.mixture_weight, layer.mixture_bias, head.weight, head.norm.weight, head.norm.bias)
+    return reference_attentive_batch_norm(x, *weights, *stats, case.training)
+
+
+@FUZZ
+@given(case=cases(), seed=st.integers(0, 2**16))
+def test_outputs_and_gradients_are_finite_and_follow_the_formula(case: Case, seed: int) -> None:
+    torch.manual_seed(seed)
+    layer = case.layer()
+    x = case.input(seed).requires_grad_()
+    expected = reference(layer, case, x.detach()) if case.is_paper_configuration() else None
+    event(f"{case.kind}, compared with the formula: {expected is not None}")
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if case.precision == "bf16" else None
+    with autocast or contextlib.nullcontext():
+        out = layer(x)
+    assert out.shape == x.shape and out.dtype == x.dtype
+    assert bool(torch.isfinite(out).all()), case
+    if expected is not None:
+        torch.testing.assert_close(out.detach(), expected.detach(), rtol=1e-7, atol=1e-9)
+    out.sum().backward()
+    grads = [x.grad, *(p.grad for p in layer.parameters())]
+    assert all(g is None or bool(torch.isfinite(g).all()) for g in grads), case
