@@ -14,7 +14,8 @@ Only the two functions here touch full-size tensors; the rest is ordinary autogr
 tensors. Both are custom autograd functions that save nothing but the input (BatchNorm saves its input
 too), so an AN layer holds no more activation memory than a BatchNorm:
 
-- :func:`instance_moments`: forward, a sum and a centred sum of squares (two-pass, so as accurate as
+- :func:`instance_moments`: forward, a sum and a sum of squares (two reading passes, no temporary;
+  where that would lose precision to cancellation, a centred two-pass formula instead, as accurate as
   ``torch.var_mean``, which on the CPU is an order of magnitude slower); backward, one pass
   ``grad_x = p * x + q``;
 - :func:`instance_affine`: forward, one pass; backward, one reduction pass for the gradients of ``a`` and
@@ -80,16 +81,31 @@ def _affine(x: Tensor, a: Tensor, b: Tensor) -> Tensor:
     return torch.addcmul(b[:, :, None, None], x, a[:, :, None, None], out=out)
 
 
+ONE_PASS_CONDITION: float = 1e-5
+"""Largest relative error the one-pass variance may have: ``E[x^2] - mean^2`` loses about
+``eps * mean^2 / var`` to cancellation, so it is used only where ``mean^2 / var`` is below
+``ONE_PASS_CONDITION / eps(dtype)`` (float32: mean/std up to about 9; float64: 2e5); otherwise the
+centred two-pass formula is used, as accurate as ``torch.var_mean``."""
+
+
 def _moments(x: Tensor) -> tuple[Tensor, Tensor]:
-    """Per-instance mean and biased variance over H×W, two-pass, in the statistics dtype."""
+    """Per-instance mean and biased variance over H×W, in the statistics dtype.
+
+    NCHW-contiguous input: one pass for the sum and one for the sum of squares (no temporary), unless
+    some instance and channel has ``mean^2 / var`` too large for that (see ``ONE_PASS_CONDITION``):
+    then, and for other layouts, the centred two-pass formula.
+    """
     hw = _spatial_size(x)
-    mean = x.sum(dim=(2, 3), dtype=statistics_dtype(x)) / hw
+    dtype = statistics_dtype(x)
+    mean = x.sum(dim=(2, 3), dtype=dtype) / hw
+    if x.is_contiguous() and x.numel() > 0:
+        mean_square = torch.linalg.vector_norm(x, 2, dim=(2, 3), dtype=dtype).square() / hw
+        var = (mean_square - mean.square()).clamp_min(0)
+        limit = ONE_PASS_CONDITION / torch.finfo(dtype).eps
+        if not bool((mean.square() > var * limit).any()):
+            return mean, var
     centred = x - mean[:, :, None, None]  # in the statistics dtype
-    if centred.is_contiguous():
-        var = torch.linalg.vector_norm(centred, 2, dim=(2, 3)).square() / hw
-    else:
-        var = centred.square_().sum(dim=(2, 3)) / hw
-    return mean, var
+    return mean, centred.square_().sum(dim=(2, 3)) / hw
 
 
 class _InstanceMoments(torch.autograd.Function):
@@ -167,12 +183,22 @@ class _InstanceAffine(torch.autograd.Function):
 def instance_moments(x: Tensor) -> tuple[Tensor, Tensor]:
     """Mean and biased variance of each ``x[n, c]`` (N×C×H×W) over H×W, as two N×C tensors in float32 or
     wider; differentiable, saving only ``x``."""
+    if torch.compiler.is_compiling():
+        # Inductor fuses the plain ops (a Welford reduction) and plans what to save by itself.
+        var, mean = torch.var_mean(x.to(statistics_dtype(x)), dim=(2, 3), correction=0)
+        return mean, var
+    if not (torch.is_grad_enabled() and x.requires_grad):
+        return _moments(x)  # inference: no autograd bookkeeping
     return _InstanceMoments.apply(x)
 
 
 def instance_affine(x: Tensor, a: Tensor, b: Tensor) -> Tensor:
     """``a[:, :, None, None] * x + b[:, :, None, None]`` for N×C ``a`` and ``b`` (float32 or wider), in one
     pass, with ``x``'s dtype and memory format; differentiable in all three, saving only ``x`` and ``a``."""
+    if torch.compiler.is_compiling():
+        return torch.addcmul(b[:, :, None, None], x.to(a.dtype), a[:, :, None, None]).to(x.dtype)
+    if not (torch.is_grad_enabled() and (x.requires_grad or a.requires_grad or b.requires_grad)):
+        return _affine(x, a, b)
     return _InstanceAffine.apply(x, a, b)
 
 

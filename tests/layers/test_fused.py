@@ -179,6 +179,17 @@ def test_instance_moments_and_affine(memory_format: str) -> None:
     assert torch.autograd.gradcheck(instance_affine, (x, a, b))
 
 
+@pytest.mark.parametrize("offset", [0.0, 3.0, 8.0, 30.0, 1e3])
+@pytest.mark.parametrize("memory_format", FORMATS)
+def test_float32_moments_are_accurate_at_any_offset(offset: float, memory_format: str) -> None:
+    """One pass where the cancellation is harmless, the centred two-pass formula elsewhere."""
+    x = (torch.randn(3, 5, 9, 11) + offset).to(memory_format=FORMATS[memory_format])
+    mean, var = instance_moments(x)
+    expected_var, expected_mean = torch.var_mean(x.double(), dim=(2, 3), correction=0)
+    torch.testing.assert_close(mean.double(), expected_mean, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(var.double(), expected_var, rtol=2e-5, atol=0)
+
+
 def test_moments_are_accurate_far_from_zero() -> None:
     """Two-pass moments: no cancellation when |mean| >> std (a sum of squares would lose it all)."""
     x = torch.randn(2, 3, 16, 16) + 1000.0
