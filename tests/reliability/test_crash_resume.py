@@ -1,5 +1,5 @@
-"""A run killed with SIGKILL (no clean-up) during a step, during evaluation or during a checkpoint write,
-then resumed, ends bitwise equal to an uninterrupted run."""
+"""A run killed with SIGKILL (no clean-up) during evaluation, during a checkpoint write and during a step,
+and each time resumed (``--resume`` or ``--auto-resume``), ends bitwise equal to an uninterrupted run."""
 
 import os
 import signal
@@ -48,9 +48,11 @@ def straight(tmp_path_factory):
 @pytest.mark.slow
 def test_a_run_killed_at_three_points_resumes_to_the_uninterrupted_weights(tmp_path, straight):
     run = tmp_path / "killed"
-    argv = ["train", *ARGS, "--output", tmp_path, "--name", "killed"]
+    fresh = ["train", *ARGS, "--output", tmp_path, "--name", "killed"]
+    # the first attempt starts; the next ones continue with --resume or by themselves (--auto-resume)
+    attempts = [fresh, ["train", "--resume", run], [*fresh, "--auto-resume"], [*fresh, "--auto-resume"]]
     resuming, partial = None, []
-    for fault, (epoch, batch, step) in KILLS:
+    for argv, (fault, (epoch, batch, step)) in zip(attempts, KILLS):
         killed = cli(*argv, env_extra={FAULT_ENV: fault})
         assert killed.returncode == -signal.SIGKILL, (fault, killed.stderr)
         assert resuming is None or resuming in killed.stdout, fault
@@ -59,10 +61,9 @@ def test_a_run_killed_at_three_points_resumes_to_the_uninterrupted_weights(tmp_p
         assert (last["epoch"], last["batch"], last["step"]) == (epoch, batch, step), fault
         partial = list(run.glob(f".{LAST}.*.tmp"))  # the write the kill interrupted
         assert len(partial) == fault.startswith("kill:save"), fault
-        argv = ["train", "--resume", run]
         resuming = f"resuming {run} at epoch {epoch + 1}, batch {batch} (step {step})"
 
-    resumed = cli(*argv)
+    resumed = cli(*attempts[-1])
     assert resumed.returncode == 0, resumed.stderr
     assert resuming in resumed.stdout and not list(run.glob("*.tmp"))
 
