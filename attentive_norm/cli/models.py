@@ -31,13 +31,13 @@ def _format_params(value: int | float | None) -> str:
     return f"{value:,}" if isinstance(value, int) else f"{value:.3f}M"
 
 
+@torch.no_grad()  # not torch.set_grad_enabled(False): that would outlive the command (in-process callers)
 def run(args: argparse.Namespace) -> int:
     names = list_models(args.pattern)
     if not names:
         raise SystemExit(f"no model matches {args.pattern!r}; models: {', '.join(list_models())}")
     header = ["model", "params", "paper params", "match", "GFLOPs", "paper top-1"]
     rows = []
-    torch.set_grad_enabled(False)
     for name in names:
         model = create_model(name, num_classes=10 if name in _SMALL_IMAGE_MODELS else 1000).eval()
         params = count_params(model)
