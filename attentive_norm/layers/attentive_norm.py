@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from .attention import AttentionHead, check_positive_int, full_precision_matmul
 from .fused import (
     batch_norm_statistics,
+    fused_instance_affine,
     group_norm_statistics,
     instance_affine,
     instance_moments,
@@ -108,16 +109,37 @@ class _AttentiveNorm(nn.Module):
         return out.to(x.dtype)
 
     @torch.jit.unused
-    def _fused_mix(self, x: Tensor, mean_hw: Tensor, var_hw: Tensor, mean: Tensor, rstd: Tensor) -> Tensor:
-        """The fast path (fused.py): ``out = a * x + b`` per instance and channel, with the attention fed
-        from the per-instance moments ``mean_hw``, ``var_hw`` and the standardisation's ``mean`` and
-        ``rstd`` (per channel, or N×C) folded into ``a`` and ``b``."""
+    def _coefficients(
+        self, x: Tensor, mean_hw: Tensor, var_hw: Tensor, mean: Tensor, rstd: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """The fast path's N×C maths (fused.py): ``out = a * x + b`` per instance and channel, with the
+        attention fed from the per-instance moments ``mean_hw``, ``var_hw`` and the standardisation's
+        ``mean`` and ``rstd`` (per channel, or N×C) folded into ``a`` and ``b``."""
         head = self.attention
         descriptor = pooled_descriptor(x, mean_hw, var_hw, head.pooling, head.pooling_eps)
         lam = head(x, descriptor)
         a = full_precision_matmul(lam, self.mixture_weight) * rstd
         b = full_precision_matmul(lam, self.mixture_bias) - mean * a
-        return instance_affine(x, a, b)
+        return a, b
+
+    @torch.jit.unused
+    def _fused_forward(self, x: Tensor) -> Tensor:
+        if torch.fx._symbolic_trace.is_fx_symbolic_tracing():
+            # Symbolic tracing records the steps, each shape-dependent one a leaf of the graph.
+            mean_hw, var_hw = instance_moments(x)
+            mean, rstd = self._standardisation(x, mean_hw, var_hw)
+            a, b = self._coefficients(x, mean_hw, var_hw, mean, rstd)
+            return instance_affine(x, a, b)
+
+        def coefficients(mean_hw: Tensor, var_hw: Tensor) -> tuple[Tensor, Tensor]:
+            mean, rstd = self._standardisation(x, mean_hw, var_hw)
+            return self._coefficients(x, mean_hw, var_hw, mean, rstd)
+
+        return fused_instance_affine(x, coefficients, tuple(self.parameters()))
+
+    def _standardisation(self, x: Tensor, mean_hw: Tensor, var_hw: Tensor) -> tuple[Tensor, Tensor]:
+        """``mean`` and ``rstd`` of the standardisation from the per-instance moments."""
+        raise NotImplementedError
 
     def _load_from_state_dict(
         self,
@@ -242,9 +264,8 @@ class AttentiveBatchNorm2d(_AttentiveNorm):
         return self._fused_forward(x)
 
     @torch.jit.unused
-    def _fused_forward(self, x: Tensor) -> Tensor:
-        mean_hw, var_hw = instance_moments(x)
-        mean, rstd = batch_norm_statistics(
+    def _standardisation(self, x: Tensor, mean_hw: Tensor, var_hw: Tensor) -> tuple[Tensor, Tensor]:
+        return batch_norm_statistics(
             x,
             mean_hw,
             var_hw,
@@ -255,7 +276,6 @@ class AttentiveBatchNorm2d(_AttentiveNorm):
             self.momentum,
             self.eps,
         )
-        return self._fused_mix(x, mean_hw, var_hw, mean, rstd)
 
     def freeze_statistics(self, frozen: bool = True) -> None:
         """ "norm_eval": standardise with the running statistics and stop updating them (main and logit
@@ -349,10 +369,8 @@ class AttentiveGroupNorm(_AttentiveNorm):
         return self._fused_forward(x)
 
     @torch.jit.unused
-    def _fused_forward(self, x: Tensor) -> Tensor:
-        mean_hw, var_hw = instance_moments(x)
-        mean, rstd = group_norm_statistics(x, mean_hw, var_hw, self.num_groups, self.eps)
-        return self._fused_mix(x, mean_hw, var_hw, mean, rstd)
+    def _standardisation(self, x: Tensor, mean_hw: Tensor, var_hw: Tensor) -> tuple[Tensor, Tensor]:
+        return group_norm_statistics(x, mean_hw, var_hw, self.num_groups, self.eps)
 
     def extra_repr(self) -> str:
         return (

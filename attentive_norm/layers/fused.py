@@ -41,6 +41,7 @@ from .stats import statistics_dtype, update_running_stats, values_per_channel
 
 __all__ = [
     "batch_norm_statistics",
+    "fused_instance_affine",
     "group_norm_statistics",
     "instance_affine",
     "instance_moments",
@@ -91,19 +92,33 @@ centred two-pass formula is used, as accurate as ``torch.var_mean``."""
 def _moments(x: Tensor) -> tuple[Tensor, Tensor]:
     """Per-instance mean and biased variance over H×W, in the statistics dtype.
 
-    NCHW-contiguous input: one pass for the sum and one for the sum of squares (no temporary), unless
-    some instance and channel has ``mean^2 / var`` too large for that (see ``ONE_PASS_CONDITION``):
-    then, and for other layouts, the centred two-pass formula.
+    NCHW-contiguous input: the sum and the sum of squares in reading passes without a full-size
+    temporary, unless some instance and channel has ``mean^2 / var`` too large for that (see
+    ``ONE_PASS_CONDITION``): then, and for other layouts, the centred two-pass formula.
     """
     hw = _spatial_size(x)
     dtype = statistics_dtype(x)
-    mean = x.sum(dim=(2, 3), dtype=dtype) / hw
-    if x.is_contiguous() and x.numel() > 0:
-        mean_square = torch.linalg.vector_norm(x, 2, dim=(2, 3), dtype=dtype).square() / hw
+    view = _per_instance_view(x)
+    if view is not None and x.numel() > 0:
+        if x.dtype != dtype and hw >= 256:
+            # Half precision on large maps: the eval-mode batch_norm backward kernel, given x as both
+            # input and gradient, returns sum(x * x) and sum(x) per instance and channel in one pass,
+            # accumulated in float32, without the converted copy that reductions with dtype= make.
+            zeros, ones = _unit_statistics(torch.empty(0, dtype=dtype, device=x.device), view.shape[1])
+            _, total_square, total = torch.ops.aten.native_batch_norm_backward(
+                view, view, ones, zeros, ones, None, None, False, 0.0, [False, True, True]
+            )
+            mean, mean_square = total.view(x.shape[:2]) / hw, total_square.view(x.shape[:2]) / hw
+        else:
+            converted = x.to(dtype)  # half precision on small maps: one small temporary
+            mean = converted.sum(dim=(2, 3)) / hw
+            mean_square = torch.linalg.vector_norm(converted, 2, dim=(2, 3)).square() / hw
         var = (mean_square - mean.square()).clamp_min(0)
         limit = ONE_PASS_CONDITION / torch.finfo(dtype).eps
         if not bool((mean.square() > var * limit).any()):
             return mean, var
+    else:
+        mean = x.sum(dim=(2, 3), dtype=dtype) / hw
     centred = x - mean[:, :, None, None]  # in the statistics dtype
     return mean, centred.square_().sum(dim=(2, 3)) / hw
 
@@ -178,6 +193,90 @@ class _InstanceAffine(torch.autograd.Function):
         if need_b:
             grad_b = grad.sum(dim=(2, 3), dtype=dtype)
         return grad_x, grad_a, grad_b
+
+
+def _affine_reductions(grad: Tensor, x: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """``sum_hw(grad * x)`` and ``sum_hw(grad)`` per instance and channel, in ``dtype``: the gradients of
+    the per-instance affine's scale and shift. NCHW: one pass of the eval-mode batch_norm backward."""
+    view = _per_instance_view(x)
+    if view is not None and grad.is_contiguous() and x.numel() > 0:
+        zeros, ones = _unit_statistics(torch.empty(0, dtype=dtype, device=x.device), view.shape[1])
+        _, grad_a, grad_b = torch.ops.aten.native_batch_norm_backward(
+            grad.view(view.shape), view, ones, zeros, ones, None, None, False, 0.0, [False, True, True]
+        )
+        return grad_a.view(x.shape[:2]), grad_b.view(x.shape[:2])
+    return (grad.to(dtype) * x.to(dtype)).sum(dim=(2, 3)), grad.sum(dim=(2, 3), dtype=dtype)
+
+
+class _FusedInstanceAffine(torch.autograd.Function):
+    """``a * x + b`` with ``(a, b) = coefficients(mean_hw, var_hw)`` computed from the per-instance moments
+    of ``x`` by an arbitrary differentiable function of them and of ``params`` (the N×C maths of an AN
+    layer: statistics, attention, mixture).
+
+    One autograd node for the whole layer, so that the gradient of ``x`` is written once:
+    ``grad_x = a * g + p * x + q`` (p, q from the moments' gradients), two passes into one new tensor,
+    after one reduction pass for ``sum_hw(g * x)`` and ``sum_hw(g)``. The N×C graph is recorded in
+    forward and differentiated in backward with ``torch.autograd.grad``; saves ``x``, nothing else of
+    its size. First-order gradients only (``once_differentiable``); eager only (under ``torch.compile``
+    the plain ops are used, see :func:`fused_instance_affine`).
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, coefficients, *params: Tensor) -> Tensor:
+        mean, var = _moments(x)
+        with torch.enable_grad():
+            mean.requires_grad_()
+            var.requires_grad_()
+            a, b = coefficients(mean, var)
+        ctx.save_for_backward(x)
+        ctx.graph = (mean, var, a, b)
+        ctx.params = params
+        return _affine(x, a.detach(), b.detach())
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:
+        (x,) = ctx.saved_tensors
+        mean, var, a, b = ctx.graph  # N×C graph, kept (small) in case backward runs again
+        need_x = ctx.needs_input_grad[0]
+        need_params = ctx.needs_input_grad[2:]
+        wanted = [p for p, need in zip(ctx.params, need_params) if need]
+        grad_a, grad_b = _affine_reductions(grad, x, a.dtype)
+        grads = list(
+            torch.autograd.grad(
+                (a, b), [mean, var, *wanted], (grad_a, grad_b), retain_graph=True, allow_unused=True
+            )
+        )
+        grad_x = None
+        if need_x:
+            hw = _spatial_size(x)
+            grad_mean = grads[0] if grads[0] is not None else torch.zeros_like(mean)
+            grad_var = grads[1] if grads[1] is not None else torch.zeros_like(var)
+            p = grad_var * (2.0 / hw)  # d mean / dx = 1/HW, d var / dx = 2 (x - mean) / HW
+            q = grad_mean / hw - p * mean.detach()
+            grad_x = _affine(x, p, q)
+            grad_x.addcmul_(grad, a.detach()[:, :, None, None])
+        param_grads = iter(grads[2:])
+        return (grad_x, None, *(next(param_grads) if need else None for need in need_params))
+
+
+def fused_instance_affine(x: Tensor, coefficients, params: tuple[Tensor, ...]) -> Tensor:
+    """``a[:, :, None, None] * x + b[:, :, None, None]`` with ``a, b = coefficients(mean_hw, var_hw)``,
+    where ``mean_hw, var_hw`` are :func:`instance_moments` of ``x`` and ``coefficients`` is differentiable
+    in them and in ``params`` (every tensor it reads that may need a gradient).
+
+    Eager training: one custom autograd node (``_FusedInstanceAffine``). Inference: the same maths
+    without autograd. Under ``torch.compile``: plain ops, which inductor fuses and differentiates.
+    """
+    if torch.compiler.is_compiling():
+        mean, var = instance_moments(x)
+        a, b = coefficients(mean, var)
+        return instance_affine(x, a, b)
+    if not torch.is_grad_enabled():
+        mean, var = _moments(x)
+        a, b = coefficients(mean, var)
+        return _affine(x, a, b)
+    return _FusedInstanceAffine.apply(x, coefficients, *params)
 
 
 def instance_moments(x: Tensor) -> tuple[Tensor, Tensor]:

@@ -198,12 +198,16 @@ def test_moments_are_accurate_far_from_zero() -> None:
     torch.testing.assert_close(var.double(), expected, rtol=1e-5, atol=0)
 
 
+@pytest.mark.parametrize("shape", [(3, 4, 5, 6), (2, 3, 16, 20)])  # small maps, large maps (>= 256)
 @pytest.mark.parametrize("memory_format", FORMATS)
-def test_half_precision_input(memory_format: str) -> None:
-    x = torch.randn(3, 4, 5, 6).to(torch.bfloat16, memory_format=FORMATS[memory_format]).requires_grad_()
+def test_half_precision_input(memory_format: str, shape: tuple[int, ...]) -> None:
+    x = (torch.randn(*shape) + 0.5).to(torch.bfloat16, memory_format=FORMATS[memory_format]).requires_grad_()
     mean, var = instance_moments(x)
     assert mean.dtype == var.dtype == torch.float32
-    a, b = torch.randn(3, 4, requires_grad=True), torch.randn(3, 4, requires_grad=True)
+    expected_var, expected_mean = torch.var_mean(x.detach().double(), dim=(2, 3), correction=0)
+    torch.testing.assert_close(mean.double(), expected_mean, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(var.double(), expected_var, rtol=1e-5, atol=1e-6)
+    a, b = torch.randn(*shape[:2], requires_grad=True), torch.randn(*shape[:2], requires_grad=True)
     out = instance_affine(x, a, b)
     assert out.dtype == torch.bfloat16 and out.is_contiguous(memory_format=FORMATS[memory_format])
     expected = a[:, :, None, None] * x.float() + b[:, :, None, None]
