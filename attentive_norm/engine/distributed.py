@@ -67,6 +67,14 @@ def elastic_restart_count() -> int:
     return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
 
 
+def restarts_share_the_store() -> bool:
+    """Whether torchrun may restart this job while it shares its rendezvous store with the workers: a
+    restarted worker can then read the previous attempt's addresses and fail to connect or hang
+    (pytorch/pytorch#135712); ``TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1`` for torchrun avoids it."""
+    restartable = int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0")) > 0
+    return restartable and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+
+
 def cleanup() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
@@ -82,6 +90,8 @@ def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
 
 def on_any_process(flag: bool | torch.Tensor, device: torch.device) -> bool:
     """Whether ``flag`` holds on some process: the same answer everywhere (one tiny all-reduce)."""
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return bool(flag)
     value = flag if isinstance(flag, torch.Tensor) else torch.tensor(flag, device=device)
     return bool(all_reduce_sum(value.reshape(1).to(torch.float64)).item() > 0)
 

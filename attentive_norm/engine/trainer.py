@@ -163,6 +163,11 @@ def train(cfg: TrainConfig, resume: str | os.PathLike | None = None) -> TrainRes
         f"{env.world_size} process(es) on {env.device.type}, {steps_per_epoch} steps/epoch, "
         f"global batch {cfg.batch_size}, peak LR {cfg.peak_lr():.4g}"
     )
+    if distributed.restarts_share_the_store():
+        log(
+            "warning: torchrun shares its rendezvous store with the workers, so a restart may fail to "
+            "connect or hang (pytorch/pytorch#135712): export TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 first"
+        )
     if saved is not None:
         log(f"resuming {resume} at epoch {start_epoch + 1}, batch {start_batch} (step {saved['step']})")
         if run_dir is not None:

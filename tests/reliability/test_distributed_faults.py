@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -30,13 +31,24 @@ ARGS = [
 
 
 def torchrun(*argv: object, max_restarts: int = 0, fault: str | None = None) -> subprocess.CompletedProcess:
+    """A 2-process ``attentive-norm train`` job; on a time-out every process of it is killed."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     env.pop(FAULT_ENV, None)
     if fault is not None:
         env[FAULT_ENV] = fault
+    # A fresh store per attempt: restarts sharing torchrun's store may hang (pytorch/pytorch#135712).
+    env["TORCH_DISABLE_SHARE_RDZV_TCP_STORE"] = "1"
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
     command += ["--max-restarts", str(max_restarts), "-m", "attentive_norm.cli.main", "train"]
-    return subprocess.run([*command, *map(str, argv)], env=env, capture_output=True, text=True, timeout=300)
+    command += list(map(str, argv))
+    pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True}
+    with subprocess.Popen(command, env=env, start_new_session=True, **pipes) as job:
+        try:
+            out, err = job.communicate(timeout=300)
+        except subprocess.TimeoutExpired:
+            os.killpg(job.pid, signal.SIGKILL)  # the workers too, not only torchrun
+            raise
+    return subprocess.CompletedProcess(command, job.returncode, out, err)
 
 
 @pytest.mark.slow
@@ -48,6 +60,7 @@ def test_a_killed_worker_is_restarted_by_torchrun_and_the_job_ends_as_if_uninter
     job = torchrun(*ARGS, "--output", tmp_path, "--name", "restarted", max_restarts=1, fault="kill:step:7@1")
     assert job.returncode == 0, job.stderr[-3000:]
     assert f"resuming {tmp_path / 'restarted'} at epoch 2, batch 2 (step 6)" in job.stdout
+    assert "TORCH_DISABLE_SHARE_RDZV_TCP_STORE" not in job.stdout
 
     a = safe_torch_load(tmp_path / "straight" / LAST)
     b = safe_torch_load(tmp_path / "restarted" / LAST)
