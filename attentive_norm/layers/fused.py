@@ -60,12 +60,10 @@ def _per_instance_view(x: Tensor) -> Tensor | None:
     return x.view(1, x.shape[0] * x.shape[1], x.shape[2], x.shape[3])
 
 
-def _unit_statistics(like: Tensor, size: int) -> tuple[Tensor, Tensor]:
-    """Running mean 0 and running variance 1 for the eval-mode batch_norm kernel used as an affine map."""
-    return (
-        torch.zeros(size, dtype=like.dtype, device=like.device),
-        torch.ones(size, dtype=like.dtype, device=like.device),
-    )
+def _unit_statistics(size: int, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor]:
+    """Running mean 0 and running variance 1 for the eval-mode batch_norm kernels used as an affine map
+    and as per-instance reductions."""
+    return torch.zeros(size, dtype=dtype, device=device), torch.ones(size, dtype=dtype, device=device)
 
 
 def _affine(x: Tensor, a: Tensor, b: Tensor) -> Tensor:
@@ -73,7 +71,7 @@ def _affine(x: Tensor, a: Tensor, b: Tensor) -> Tensor:
     wider) and written in ``x``'s dtype and memory format."""
     view = _per_instance_view(x)
     if view is not None and x.numel() > 0:
-        zeros, ones = _unit_statistics(a, view.shape[1])
+        zeros, ones = _unit_statistics(view.shape[1], a.dtype, a.device)
         out = torch.batch_norm(view, a.reshape(-1), b.reshape(-1), zeros, ones, False, 0.0, 0.0, False)
         # Not a view in autograd's eyes: the output of a custom Function may then be modified in place
         # (e.g. by a following ReLU(inplace=True)).
@@ -89,30 +87,58 @@ ONE_PASS_CONDITION: float = 1e-5
 centred two-pass formula is used, as accurate as ``torch.var_mean``."""
 
 
+def _per_instance_sums(u: Tensor, v: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor] | None:
+    """``sum_hw(u * v)`` and ``sum_hw(u)`` for every instance and channel (N×C, accumulated and returned in
+    ``dtype``) in one reading pass without a full-size temporary, or None where that is not faster.
+
+    The eval-mode ``batch_norm`` backward kernel, given ``u`` as the gradient and ``v`` as the input (with
+    running mean 0 and variance 1), computes exactly these per channel: on the 1×(N·C)×H×W view of
+    NCHW-contiguous tensors in one call; per instance (1×C×H×W slices) for channels_last on large maps.
+    """
+    if u.numel() == 0 or u.stride() != v.stride():
+        return None
+    n, c, h, w = u.shape
+    if u.is_contiguous():
+        zeros, ones = _unit_statistics(n * c, dtype, u.device)
+        shape = (1, n * c, h, w)
+        _, products, totals = torch.ops.aten.native_batch_norm_backward(
+            u.view(shape), v.view(shape), ones, zeros, ones, None, None, False, 0.0, [False, True, True]
+        )
+        return products.view(n, c), totals.view(n, c)
+    if u.is_contiguous(memory_format=torch.channels_last) and h * w >= 512:
+        zeros, ones = _unit_statistics(c, dtype, u.device)
+        sums = [
+            torch.ops.aten.native_batch_norm_backward(
+                u[i : i + 1], v[i : i + 1], ones, zeros, ones, None, None, False, 0.0, [False, True, True]
+            )
+            for i in range(n)
+        ]
+        return torch.stack([s[1] for s in sums]), torch.stack([s[2] for s in sums])
+    return None
+
+
 def _moments(x: Tensor) -> tuple[Tensor, Tensor]:
     """Per-instance mean and biased variance over H×W, in the statistics dtype.
 
-    NCHW-contiguous input: the sum and the sum of squares in reading passes without a full-size
-    temporary, unless some instance and channel has ``mean^2 / var`` too large for that (see
-    ``ONE_PASS_CONDITION``): then, and for other layouts, the centred two-pass formula.
+    One reading pass for the sum and the sum of squares, without a full-size temporary, unless some
+    instance and channel has ``mean^2 / var`` too large for that (see ``ONE_PASS_CONDITION``): then the
+    centred two-pass formula.
     """
     hw = _spatial_size(x)
     dtype = statistics_dtype(x)
-    view = _per_instance_view(x)
-    if view is not None and x.numel() > 0:
-        if x.dtype != dtype and hw >= 256:
-            # Half precision on large maps: the eval-mode batch_norm backward kernel, given x as both
-            # input and gradient, returns sum(x * x) and sum(x) per instance and channel in one pass,
-            # accumulated in float32, without the converted copy that reductions with dtype= make.
-            zeros, ones = _unit_statistics(torch.empty(0, dtype=dtype, device=x.device), view.shape[1])
-            _, total_square, total = torch.ops.aten.native_batch_norm_backward(
-                view, view, ones, zeros, ones, None, None, False, 0.0, [False, True, True]
-            )
-            mean, mean_square = total.view(x.shape[:2]) / hw, total_square.view(x.shape[:2]) / hw
-        else:
-            converted = x.to(dtype)  # half precision on small maps: one small temporary
+    if x.numel() > 0:
+        if x.is_contiguous() and (x.dtype == dtype or hw < 256):
+            # float32/float64 (or small half-precision maps, converted): two vectorised reductions are
+            # faster than the batch_norm kernel.
+            converted = x.to(dtype)
             mean = converted.sum(dim=(2, 3)) / hw
             mean_square = torch.linalg.vector_norm(converted, 2, dim=(2, 3)).square() / hw
+        else:
+            sums = _per_instance_sums(x, x, dtype)
+            if sums is None:  # channels_last on small maps
+                converted = x.to(dtype)
+                sums = (converted.square().sum(dim=(2, 3)), converted.sum(dim=(2, 3)))
+            mean, mean_square = sums[1] / hw, sums[0] / hw
         var = (mean_square - mean.square()).clamp_min(0)
         limit = ONE_PASS_CONDITION / torch.finfo(dtype).eps
         if not bool((mean.square() > var * limit).any()):
@@ -164,47 +190,20 @@ class _InstanceAffine(torch.autograd.Function):
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
         x, a = ctx.saved_tensors
         need_x, need_a, need_b = ctx.needs_input_grad[:3]
-        view = _per_instance_view(x)
-        if view is not None and grad.is_contiguous() and x.numel() > 0:
-            zeros, ones = _unit_statistics(a, view.shape[1])
-            grad_x, grad_a, grad_b = torch.ops.aten.native_batch_norm_backward(
-                grad.view(view.shape),
-                view,
-                a.reshape(-1),
-                zeros,
-                ones,
-                None,
-                None,
-                False,
-                0.0,
-                [need_x, need_a, need_b],
-            )
-            return (
-                torch.ops.aten._unsafe_view(grad_x, x.shape) if need_x else None,
-                grad_a.view(a.shape) if need_a else None,
-                grad_b.view(a.shape) if need_b else None,
-            )
-        dtype = a.dtype
         grad_x = grad_a = grad_b = None
         if need_x:
             grad_x = torch.mul(grad, a[:, :, None, None], out=torch.empty_like(x))
-        if need_a:
-            grad_a = (grad.to(dtype) * x.to(dtype)).sum(dim=(2, 3))
-        if need_b:
-            grad_b = grad.sum(dim=(2, 3), dtype=dtype)
-        return grad_x, grad_a, grad_b
+        if need_a or need_b:
+            grad_a, grad_b = _affine_reductions(grad, x, a.dtype)
+        return grad_x, grad_a if need_a else None, grad_b if need_b else None
 
 
 def _affine_reductions(grad: Tensor, x: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
     """``sum_hw(grad * x)`` and ``sum_hw(grad)`` per instance and channel, in ``dtype``: the gradients of
-    the per-instance affine's scale and shift. NCHW: one pass of the eval-mode batch_norm backward."""
-    view = _per_instance_view(x)
-    if view is not None and grad.is_contiguous() and x.numel() > 0:
-        zeros, ones = _unit_statistics(torch.empty(0, dtype=dtype, device=x.device), view.shape[1])
-        _, grad_a, grad_b = torch.ops.aten.native_batch_norm_backward(
-            grad.view(view.shape), view, ones, zeros, ones, None, None, False, 0.0, [False, True, True]
-        )
-        return grad_a.view(x.shape[:2]), grad_b.view(x.shape[:2])
+    the per-instance affine's scale and shift."""
+    sums = _per_instance_sums(grad, x, dtype)
+    if sums is not None:
+        return sums
     return (grad.to(dtype) * x.to(dtype)).sum(dim=(2, 3)), grad.sum(dim=(2, 3), dtype=dtype)
 
 

@@ -136,7 +136,9 @@ def test_fast_path_matches_composite_for_every_head(
     ],
     ids=["cumulative", "no_running_stats", "eps"],
 )
-@pytest.mark.parametrize("shape", [(4, 6, 3, 5), (1, 6, 4, 4), (3, 6, 1, 1), (1, 6, 1, 1), (0, 6, 2, 2)])
+@pytest.mark.parametrize(
+    "shape", [(4, 6, 3, 5), (2, 6, 24, 24), (1, 6, 4, 4), (3, 6, 1, 1), (1, 6, 1, 1), (0, 6, 2, 2)]
+)
 def test_fast_path_matches_composite_for_options_and_edge_shapes(
     memory_format: str, kwargs: dict, shape: tuple[int, ...]
 ) -> None:
@@ -163,15 +165,16 @@ def test_group_norm_fast_path_matches_composite(
     _assert_fast_matches_composite(layer, _input(shape, FORMATS[memory_format]), True)
 
 
+@pytest.mark.parametrize("shape", [(3, 4, 5, 6), (2, 3, 24, 24)])  # large maps: per-instance kernels
 @pytest.mark.parametrize("memory_format", FORMATS)
-def test_instance_moments_and_affine(memory_format: str) -> None:
-    x = _input((3, 4, 5, 6), FORMATS[memory_format])
+def test_instance_moments_and_affine(memory_format: str, shape: tuple[int, ...]) -> None:
+    x = _input(shape, FORMATS[memory_format])
     mean, var = instance_moments(x)
     var_ref, mean_ref = torch.var_mean(x, dim=(2, 3), correction=0)
     torch.testing.assert_close(mean, mean_ref, rtol=1e-14, atol=1e-14)
     torch.testing.assert_close(var, var_ref, rtol=1e-14, atol=1e-14)
-    a = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
-    b = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+    a = torch.randn(*shape[:2], dtype=torch.float64, requires_grad=True)
+    b = torch.randn(*shape[:2], dtype=torch.float64, requires_grad=True)
     out = instance_affine(x, a, b)
     torch.testing.assert_close(out, a[:, :, None, None] * x + b[:, :, None, None], rtol=1e-14, atol=1e-14)
     assert out.is_contiguous(memory_format=FORMATS[memory_format])
@@ -198,7 +201,7 @@ def test_moments_are_accurate_far_from_zero() -> None:
     torch.testing.assert_close(var.double(), expected, rtol=1e-5, atol=0)
 
 
-@pytest.mark.parametrize("shape", [(3, 4, 5, 6), (2, 3, 16, 20)])  # small maps, large maps (>= 256)
+@pytest.mark.parametrize("shape", [(3, 4, 5, 6), (2, 3, 16, 20), (2, 3, 24, 24)])  # small and large maps
 @pytest.mark.parametrize("memory_format", FORMATS)
 def test_half_precision_input(memory_format: str, shape: tuple[int, ...]) -> None:
     x = (torch.randn(*shape) + 0.5).to(torch.bfloat16, memory_format=FORMATS[memory_format]).requires_grad_()
