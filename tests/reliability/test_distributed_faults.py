@@ -20,6 +20,7 @@ import torch
 from PIL import Image
 
 from attentive_norm.checkpoint import safe_torch_load
+from attentive_norm.engine import distributed
 from attentive_norm.engine.faults import FAULT_ENV
 from attentive_norm.engine.state import LAST
 
@@ -98,3 +99,11 @@ def test_a_process_without_readable_images_skips_the_step_with_the_others(tmp_pa
     assert "skipped: every image of a process's batch failed to load" in job.stdout
     rows = list(csv.DictReader((tmp_path / "run" / "summary.csv").read_text().splitlines()))
     assert (int(rows[0]["skipped"]), int(rows[0]["skipped_steps"])) == (1, 1)
+
+
+def test_restarts_through_a_shared_store_are_flagged(monkeypatch):
+    monkeypatch.setenv("TORCHELASTIC_MAX_RESTARTS", "1")
+    monkeypatch.setenv("TORCHELASTIC_USE_AGENT_STORE", "True")  # torchrun's default
+    assert distributed.restarts_share_the_store()
+    monkeypatch.setenv("TORCHELASTIC_USE_AGENT_STORE", "False")  # TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1
+    assert not distributed.restarts_share_the_store()
