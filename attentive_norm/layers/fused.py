@@ -141,7 +141,8 @@ def _moments(x: Tensor) -> tuple[Tensor, Tensor]:
             mean, mean_square = sums[1] / hw, sums[0] / hw
         var = (mean_square - mean.square()).clamp_min(0)
         limit = ONE_PASS_CONDITION / torch.finfo(dtype).eps
-        if not bool((mean.square() > var * limit).any()):
+        # Squares that overflow (|x| beyond ~1e19 in float32) also need the centred formula.
+        if bool(torch.isfinite(mean_square).all()) and not bool((mean.square() > var * limit).any()):
             return mean, var
     else:
         mean = x.sum(dim=(2, 3), dtype=dtype) / hw
