@@ -190,6 +190,22 @@ def add_ratios(rows: list[dict[str, Any]], keys: Sequence[str], baseline: int = 
             row[f"{key}_ratio"] = ratio
 
 
+def add_paired_ratios(rows: list[dict[str, Any]], keys: Sequence[str], baseline: int = 0) -> None:
+    """Add ``<key>_paired_ratio``: the median over rounds of ``row[key][r] / baseline[key][r]`` for lists
+    of per-round times measured round-robin. Each pair was measured seconds apart, so a change of load
+    between rounds cancels out; the ratio of medians does not have that property."""
+    if not rows:
+        return
+    base = rows[baseline]
+    for row in rows:
+        for key in keys:
+            values, reference = row.get(key), base.get(key)
+            ratio = None
+            if values and reference and len(values) == len(reference) and all(reference):
+                ratio = statistics.median(v / r for v, r in zip(values, reference))
+            row[f"{key.removesuffix('_times_ms')}_paired_ratio"] = ratio
+
+
 def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str, str]]) -> str:
     """A plain-text table: ``columns`` are (key, header, format); missing values print as '-'."""
     cells = [[header for _, header, _ in columns]]

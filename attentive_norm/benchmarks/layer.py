@@ -12,12 +12,14 @@ image_size/4 ... image_size/32, K = 10, 10, 20, 20), each candidate is timed rou
 Three passes: ``train`` (training-mode forward and backward, the gradient of the input and of every
 parameter), ``forward`` (training-mode forward, recording autograd) and ``eval`` (eval-mode forward
 under ``torch.inference_mode``). Ratios are to ``batchnorm``, and ``an`` is also compared with
-``reference`` (how much faster the fast path is than the eager formula).
+``reference`` (how much faster the fast path is than the eager formula); they are paired (the median
+over rounds of the ratio of the two times measured in the same round).
 """
 
 from __future__ import annotations
 
 import copy
+import statistics
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -194,9 +196,13 @@ def benchmark_layers(
 
 
 def _add_layer_ratios(row: dict[str, Any]) -> None:
+    """Paired ratios: the median over rounds of the ratio of the two times measured in the same round."""
+
     def ratio(a: str, b: str) -> float | None:
-        num, den = row.get(f"{a}_ms"), row.get(f"{b}_ms")
-        return num / den if num is not None and den else None
+        num, den = row.get(f"{a}_times_ms"), row.get(f"{b}_times_ms")
+        if not num or not den:
+            return None
+        return statistics.median(x / y for x, y in zip(num, den))
 
     row["an_over_batchnorm"] = ratio("an", "batchnorm")
     row["reference_over_an"] = ratio("reference", "an")

@@ -6,6 +6,10 @@ every model alike. A training step is forward, cross-entropy on random labels, b
 (momentum 0.9) update; inference is an eval-mode forward under ``torch.inference_mode``. Peak memory
 is measured in a separate, untimed step: the bytes the step allocates on top of what exists before it,
 plus the parameters, buffers and optimizer state (the input batch is not counted).
+
+Times are medians over the rounds. The time ratios in the table ("x") are paired: the median over rounds
+of (this model's time / the baseline's time in the same round), which cancels load that changes between
+rounds; ``<key>_ratio`` in the files is the plain ratio of medians.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from ..models import create_model
 from ..models.flops import count_flops, count_params
 from .common import (
     Settings,
+    add_paired_ratios,
     add_ratios,
     format_markdown,
     format_table,
@@ -55,9 +60,9 @@ COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("params_m", "params (M)", "{:.2f}"),
     ("gflops", "GFLOPs", "{:.2f}"),
     ("train_ms", "train step (ms)", "{:.1f}"),
-    ("train_ms_ratio", "x", "{:.3f}"),
+    ("train_paired_ratio", "x", "{:.3f}"),
     ("infer_ms", "inference (ms)", "{:.1f}"),
-    ("infer_ms_ratio", "x", "{:.3f}"),
+    ("infer_paired_ratio", "x", "{:.3f}"),
     ("train_images_per_s", "train img/s", "{:.1f}"),
     ("infer_images_per_s", "infer img/s", "{:.1f}"),
     ("train_peak_mb", "train peak (MB)", "{:.0f}"),
@@ -66,8 +71,8 @@ COLUMNS: tuple[tuple[str, str, str], ...] = (
 )
 
 PLOT_METRICS: tuple[tuple[str, str], ...] = (
-    ("train_ms", "training step"),
-    ("infer_ms", "inference"),
+    ("train_paired", "training step"),
+    ("infer_paired", "inference"),
     ("train_peak_mb", "peak training memory"),
     ("params", "parameters"),
     ("flops", "FLOPs"),
@@ -206,6 +211,7 @@ def benchmark_networks(
                 row["infer_peak_mb"] = (base + peak_memory_bytes(runner.infer_step)) / 2**20
         info["load_average_end"] = machine_info()["load_average"]
     add_ratios(rows, RATIO_KEYS)
+    add_paired_ratios(rows, ("train_times_ms", "infer_times_ms"))
     return {"kind": "network", "machine": info, "rows": rows}
 
 

@@ -11,6 +11,7 @@ import torch
 
 from attentive_norm.benchmarks.common import (
     Settings,
+    add_paired_ratios,
     add_ratios,
     format_markdown,
     format_table,
@@ -36,6 +37,14 @@ def test_ratios_are_to_the_baseline_row() -> None:
     zero = [{"t": 0.0}, {"t": 1.0}]
     add_ratios(zero, ["t"])
     assert zero[1]["t_ratio"] is None  # no ratio to a zero baseline
+
+
+def test_paired_ratios_are_medians_of_per_round_ratios() -> None:
+    rows = [{"t_times_ms": [1.0, 2.0, 10.0]}, {"t_times_ms": [1.1, 2.4, 10.0]}, {"t_times_ms": [1.0]}]
+    add_paired_ratios(rows, ["t_times_ms"])
+    assert rows[0]["t_paired_ratio"] == 1.0
+    assert rows[1]["t_paired_ratio"] == pytest.approx(1.1)  # median of 1.1, 1.2, 1.0
+    assert rows[2]["t_paired_ratio"] is None  # rounds do not match
 
 
 def test_interleaved_times_runs_each_candidate_round_robin() -> None:
@@ -91,6 +100,10 @@ def test_network_benchmark_rows() -> None:
     for key in RATIO_KEYS:
         assert baseline[f"{key}_ratio"] == 1.0
         assert an[f"{key}_ratio"] == pytest.approx(an[key] / baseline[key])
+    for key in ("train", "infer"):
+        per_round = [a / b for a, b in zip(an[f"{key}_times_ms"], baseline[f"{key}_times_ms"])]
+        assert an[f"{key}_paired_ratio"] == pytest.approx(sum(per_round) / 2)  # median of two
+        assert baseline[f"{key}_paired_ratio"] == 1.0
     for row in result["rows"]:
         assert len(row["train_times_ms"]) == len(row["infer_times_ms"]) == 2
         assert row["train_ms"] > 0 and row["infer_ms"] > 0 and row["train_peak_mb"] > row["state_mb"] > 0
@@ -120,6 +133,7 @@ def test_layer_benchmark_rows(dtype: str) -> None:
     for row in rows:
         for name in ("batchnorm", "an", "composite", "reference"):
             assert row[f"{name}_ms"] > 0 and len(row[f"{name}_times_ms"]) == 1
+        # One round: the paired ratio is the ratio of the two times.
         assert row["an_over_batchnorm"] == pytest.approx(row["an_ms"] / row["batchnorm_ms"])
         assert row["reference_over_an"] == pytest.approx(row["reference_ms"] / row["an_ms"])
 
