@@ -1,4 +1,4 @@
-"""The fast path of the AN layers: every statistic in one reduction step, the output in one pass.
+"""The fast path of the AN layers: the statistics in one reading pass, the output in one pass.
 
 An AN layer's output is a per-instance, per-channel affine map of its input,
 ``out = a[n, c] * x + b[n, c]``, whatever the standardisation (BatchNorm or GroupNorm) and the
@@ -8,24 +8,32 @@ attention head, because everything they need comes from the per-instance moments
 - BatchNorm statistics: ``mean_c = mean_n(m)``, ``var_c = mean_n(v) + mean_n((m - mean_c)^2)`` (the law
   of total variance); GroupNorm ones likewise over the channels of a group;
 - the attention pooling ``m * rsqrt(v * HW / (HW - 1) + eps)``;
-- then ``a = (lam @ Gamma) * rstd`` and ``b = (lam @ Beta) - mean * a``.
+- then ``a = (lam @ Gamma) * rstd`` and ``b = (lam @ Beta) - mean * a``; in eval the running statistics
+  fold into ``a`` and ``b`` the same way.
 
-Only the two functions here touch full-size tensors; the rest is ordinary autograd on N×C and N×K
-tensors. Both are custom autograd functions that save nothing but the input (BatchNorm saves its input
-too), so an AN layer holds no more activation memory than a BatchNorm:
+Only the full-size work is special; the N×C and N×K maths in between is ordinary autograd.
 
-- :func:`instance_moments`: forward, a sum and a sum of squares (two reading passes, no temporary;
-  where that would lose precision to cancellation, a centred two-pass formula instead, as accurate as
-  ``torch.var_mean``, which on the CPU is an order of magnitude slower); backward, one pass
-  ``grad_x = p * x + q``;
-- :func:`instance_affine`: forward, one pass; backward, one reduction pass for the gradients of ``a`` and
-  ``b`` and one pass for ``grad_x = g * a``.
+- Forward: the per-instance sum and sum of squares in reading passes without a full-size temporary
+  (where ``E[x^2] - m^2`` would lose precision to cancellation, see ``ONE_PASS_CONDITION``, a centred
+  two-pass formula instead, as accurate as ``torch.var_mean``, which on the CPU is an order of
+  magnitude slower); then the affine map in one pass.
+- Backward (eager training, :func:`fused_instance_affine`: one autograd node per layer): one reading
+  pass for ``sum_hw(g * x)`` and ``sum_hw(g)``, the N×C graph differentiated with
+  ``torch.autograd.grad``, then ``grad_x = a * g + p * x + q`` written once, in two passes. Saved for
+  backward: ``x`` (BatchNorm saves its input too) and N×C tensors, so an AN layer holds no more
+  activation memory than a BatchNorm.
+- Inference: the same forward without autograd bookkeeping.
+- ``torch.compile``: plain ops (``var_mean``, ``addcmul``), which inductor fuses and differentiates.
+- ``torch.fx.symbolic_trace``: the steps as graph leaves (:func:`instance_moments`, the N×C functions,
+  :func:`instance_affine`, each a custom autograd function saving only ``x``).
 
-For NCHW-contiguous input both elementwise passes run PyTorch's native eval-mode ``batch_norm`` kernel on
-the view ``x.view(1, N*C, H, W)`` (running mean 0, running variance 1, eps 0, weight ``a``, bias ``b``): a
-vectorised single pass that computes half-precision input in float32 and writes the input's dtype;
-its backward gives ``sum_hw(g * x)``, ``sum_hw(g)`` and ``g * a`` in one kernel. Other layouts
-(channels_last) use ``addcmul`` and reductions, which keep the memory format.
+The kernels: for NCHW-contiguous input the elementwise passes run PyTorch's native eval-mode
+``batch_norm`` kernel on the view ``x.view(1, N*C, H, W)`` (running mean 0, running variance 1, eps 0,
+weight ``a``, bias ``b``), a vectorised pass that computes half-precision input in float32 and writes the
+input's dtype; the reductions run its backward kernel (with ``g`` and ``x`` as gradient and input it
+returns ``sum_hw(g * x)`` and ``sum_hw(g)`` per instance and channel, accumulated in float32). For
+channels_last the backward kernel runs per instance on large maps; elementwise passes use ``addcmul``,
+which keeps the memory format.
 
 The statistics are float32 for half-precision input, the input's dtype otherwise; the output has the
 input's dtype and memory format. ``reference.py`` is the plain formulation this path is tested
