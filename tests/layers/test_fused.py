@@ -276,3 +276,25 @@ def test_synchronised_layer_takes_the_general_route_outside_distributed_jobs() -
     x = torch.randn(4, 8, 5, 5, dtype=torch.float64)
     torch.testing.assert_close(synced(x), layer(x), **TIGHT)
     torch.testing.assert_close(synced.running_var, layer.running_var, **TIGHT)
+
+
+@pytest.mark.parametrize("track_running_stats", [True, False])
+def test_functorch_transforms_take_plain_ops(track_running_stats: bool) -> None:
+    """torch.func.grad and vmap work (the fast path's autograd node is replaced by plain ops there)."""
+    layer = AttentiveBatchNorm2d(4, 3, track_running_stats=track_running_stats).double()
+    if track_running_stats:
+        _randomise(layer)
+        layer.eval()  # training would update captured buffers, which functorch forbids for any BatchNorm
+    plain = copy.deepcopy(layer)
+    x = torch.randn(3, 4, 5, 5, dtype=torch.float64)
+
+    def loss(params: dict[str, Tensor]) -> Tensor:
+        return torch.func.functional_call(layer, params, (x,)).square().sum()
+
+    grads = torch.func.grad(loss)(dict(layer.named_parameters()))
+    _composite(plain, x).square().sum().backward()
+    for name, parameter in plain.named_parameters():
+        torch.testing.assert_close(grads[name], parameter.grad, **TIGHT, msg=name)
+    if track_running_stats:
+        batched = torch.func.vmap(lambda xi: layer(xi[None])[0])(x)
+        torch.testing.assert_close(batched, _composite(plain, x), **TIGHT)
