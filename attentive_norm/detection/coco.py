@@ -219,10 +219,16 @@ class CocoInstances(Dataset):
         except (OSError, UnidentifiedImageError) as e:
             raise DataError(f"cannot read image {path}: {e}") from e
 
-    def __getitem__(self, key: int | tuple[int, int]) -> tuple[Tensor, Target]:
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[Tensor, Target] | None:
+        """The image tensor and its target; ``None`` for an image file that cannot be decoded (logged
+        with its path, then left out and counted by :func:`collate` and the training loop)."""
         epoch, index = key if isinstance(key, tuple) else (0, key)
         image_id = self.image_ids[index]
-        image = self.load_image(index)
+        try:
+            image = self.load_image(index)
+        except DataError as e:
+            log.warning("skipping: %s", e)
+            return None
         width, height = image.size
         anns = self._annotations(image_id, width, height)
         masks = []
@@ -258,7 +264,8 @@ def hflip(image: Tensor, target: Target) -> tuple[Tensor, Target]:
     return image.flip(-1), {**target, "boxes": boxes, "masks": target["masks"].flip(-1)}
 
 
-def collate(batch: Sequence[tuple[Tensor, Target]]) -> tuple[list[Tensor], list[Target]]:
-    """Batches as lists: torchvision's detectors take images of different sizes."""
-    images, targets = zip(*batch)
-    return list(images), list(targets)
+def collate(batch: Sequence[tuple[Tensor, Target] | None]) -> tuple[list[Tensor], list[Target], int]:
+    """Batches as lists (torchvision's detectors take images of different sizes), and the number of
+    unreadable images left out of the batch."""
+    kept = [item for item in batch if item is not None]
+    return [image for image, _ in kept], [target for _, target in kept], len(batch) - len(kept)

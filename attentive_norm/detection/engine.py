@@ -264,16 +264,31 @@ def _train(
         )  # fmt: skip
     model.train()
     start = time.perf_counter()
+    unreadable_images = 0
     while state.epoch < solver.epochs and state.iteration < max_iters:
         sampler.set_epoch(state.epoch, state.batch)
-        for images, targets in loader:
-            _step(trained, optimizer, images, targets, cfg, state, iters_per_epoch, base_lr, env, start)
+        for images, targets, unreadable in loader:
+            unreadable_images += unreadable
+            if distributed.on_any_process(not images, env.device):
+                # Every image of some process's batch was unreadable: all processes skip the step
+                # together (none is left waiting in DDP's all-reduce); the position still advances.
+                state.iteration += 1
+                state.batch += 1
+                log.warning("iteration %d skipped: no readable image in a batch", state.iteration)
+            else:
+                _step(trained, optimizer, images, targets, cfg, state, iters_per_epoch, base_lr, env, start)
             if cfg.checkpoint_interval and state.iteration % cfg.checkpoint_interval == 0:
                 save_training_state(out / CHECKPOINT_NAME, model, optimizer, state, config, env.is_main)
             if state.iteration >= max_iters:
                 break
         if state.batch >= iters_per_epoch:
             state.epoch, state.batch = state.epoch + 1, 0
+        unreadable_total = int(
+            distributed.all_reduce_sum(torch.tensor([unreadable_images], device=env.device)).item()
+        )
+        if unreadable_total and env.is_main:
+            log.warning("epoch %d: %d unreadable image(s) skipped", state.epoch, unreadable_total)
+        unreadable_images = 0
         save_training_state(out / CHECKPOINT_NAME, model, optimizer, state, config, env.is_main)
         if (
             val_set is not None

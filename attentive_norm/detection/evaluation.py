@@ -53,15 +53,18 @@ def to_coco_results(
 
 @torch.inference_mode()
 def predict(
-    model: nn.Module, loader: Iterable[tuple[list[Tensor], list[Target]]], device: torch.device
+    model: nn.Module, loader: Iterable[tuple[list[Tensor], list[Target], int]], device: torch.device
 ) -> tuple[list[dict], list[int]]:
-    """Run ``model`` (in eval mode) over ``loader``; returns the raw COCO results and the image ids."""
+    """Run ``model`` (in eval mode) over ``loader``; returns the raw COCO results and the image ids
+    (unreadable images, left out by the loader, are not evaluated)."""
     was_training = model.training
     model.eval()
     label_to_cat_id = loader.dataset.label_to_cat_id
     results, image_ids = [], []
     try:
-        for images, targets in loader:
+        for images, targets, _ in loader:
+            if not images:
+                continue
             ids = [int(t["image_id"]) for t in targets]
             outputs = model([im.to(device) for im in images])
             results += to_coco_results(outputs, ids, label_to_cat_id)

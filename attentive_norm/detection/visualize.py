@@ -74,7 +74,10 @@ def save_visualizations(
     paths = []
     try:
         for index in range(min(num_images, len(dataset))):
-            image, target = dataset[index]
+            item = dataset[index]
+            if item is None:  # unreadable image, already reported by the dataset
+                continue
+            image, target = item
             output = model([image.to(device)])[0]
             drawn = draw_predictions(image, output, dataset.class_names, score_threshold)
             path = out_dir / f"pred_{int(target['image_id']):06d}.png"

@@ -55,7 +55,8 @@ def test_items_match_torchvision_detection_targets(shapes) -> None:
     assert target["masks"].dtype == torch.uint8 and set(target["labels"].tolist()) <= {1, 2, 3}
     boxes = target["boxes"]
     assert (boxes[:, 2:] > boxes[:, :2]).all()
-    images, targets = collate([ds[0], ds[1]])
+    images, targets, unreadable = collate([ds[0], ds[1]])
+    assert unreadable == 0
     assert len(images) == len(targets) == 2
 
 
@@ -166,11 +167,16 @@ def test_no_usable_image_is_an_error(tmp_path: Path, shapes) -> None:
         CocoInstances(shapes.image_dir, shapes.ann_file)
 
 
-def test_unreadable_image_names_the_file(shapes) -> None:
+def test_unreadable_image_is_named_skipped_and_counted(shapes, caplog: pytest.LogCaptureFixture) -> None:
     ds = CocoInstances(shapes.image_dir, shapes.ann_file)
     (shapes.image_dir / "000001.png").write_bytes(b"not a png")
     with pytest.raises(DataError, match=r"cannot read image .*000001\.png"):
-        ds[0]
+        ds.load_image(0)
+    with caplog.at_level("WARNING"):
+        assert ds[0] is None
+    assert "000001.png" in caplog.text
+    images, targets, unreadable = collate([ds[0], ds[1]])
+    assert len(images) == len(targets) == 1 and unreadable == 1
 
 
 def test_rle_and_missing_segmentations(tmp_path: Path) -> None:

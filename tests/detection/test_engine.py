@@ -133,3 +133,16 @@ def test_embedded_default_learns(tmp_path: Path, monkeypatch, capsys) -> None:
     print(f"embedded default: box AP {box:.1f}, mask AP {mask:.1f}, {seconds:.0f} s")
     assert box > 10.0 and mask > 10.0
     assert len(list((tmp_path / "runs" / "detect-shapes" / "vis").glob("*.png"))) == 4
+
+
+def test_an_unreadable_image_met_while_training_is_skipped_and_counted(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    train(load_config(None, _tiny(tmp_path, "a", "solver.epochs=0")))  # writes the shapes data
+    images = sorted((tmp_path / "data" / "train").iterdir())
+    images[0].write_bytes(b"not an image")
+    with caplog.at_level("WARNING"):
+        metrics = train(load_config(None, _tiny(tmp_path, "b", "solver.epochs=1")))
+    assert set(metrics) == {"box", "mask"}
+    assert images[0].name in caplog.text
+    assert "epoch 1: 1 unreadable image(s) skipped" in caplog.text
