@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import math
 import os
 import platform
 import statistics
@@ -190,20 +191,45 @@ def add_ratios(rows: list[dict[str, Any]], keys: Sequence[str], baseline: int = 
             row[f"{key}_ratio"] = ratio
 
 
+def median_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float] | None:
+    """A distribution-free confidence interval for the median of ``values``: the order statistics
+    ``(x_(k), x_(n+1-k))`` with the largest ``k`` for which ``P(Binomial(n, 1/2) < k) <= (1 - confidence)/2``
+    (None when ``n`` is too small for that confidence: at 95%, fewer than 6 values)."""
+    n = len(values)
+    tail = (1.0 - confidence) / 2.0
+    k, below = 0, 0.0  # below = P(Binomial(n, 1/2) < k + 1) as k grows
+    while k < n // 2:
+        below += math.comb(n, k) / 2**n
+        if below > tail:
+            break
+        k += 1
+    if k == 0:
+        return None
+    ordered = sorted(values)
+    return ordered[k - 1], ordered[n - k]
+
+
 def add_paired_ratios(rows: list[dict[str, Any]], keys: Sequence[str], baseline: int = 0) -> None:
     """Add ``<key>_paired_ratio``: the median over rounds of ``row[key][r] / baseline[key][r]`` for lists
-    of per-round times measured round-robin. Each pair was measured seconds apart, so a change of load
-    between rounds cancels out; the ratio of medians does not have that property."""
+    of per-round times measured round-robin, and ``<key>_paired_low``/``_high``, its 95% confidence
+    interval (:func:`median_interval`; None with fewer than 6 rounds), also as the text
+    ``<key>_paired_interval`` for tables. Each pair was measured seconds
+    apart, so a change of load between rounds cancels out; the ratio of medians does not have that
+    property."""
     if not rows:
         return
     base = rows[baseline]
     for row in rows:
         for key in keys:
             values, reference = row.get(key), base.get(key)
-            ratio = None
+            ratio = interval = None
             if values and reference and len(values) == len(reference) and all(reference):
-                ratio = statistics.median(v / r for v, r in zip(values, reference))
-            row[f"{key.removesuffix('_times_ms')}_paired_ratio"] = ratio
+                per_round = [v / r for v, r in zip(values, reference)]
+                ratio, interval = statistics.median(per_round), median_interval(per_round)
+            stem = key.removesuffix("_times_ms")
+            row[f"{stem}_paired_ratio"] = ratio
+            row[f"{stem}_paired_low"], row[f"{stem}_paired_high"] = interval or (None, None)
+            row[f"{stem}_paired_interval"] = f"{interval[0]:.3f}-{interval[1]:.3f}" if interval else None
 
 
 def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str, str]]) -> str:

@@ -13,7 +13,7 @@ Three passes: ``train`` (training-mode forward and backward, the gradient of the
 parameter), ``forward`` (training-mode forward, recording autograd) and ``eval`` (eval-mode forward
 under ``torch.inference_mode``). Ratios are to ``batchnorm``, and ``an`` is also compared with
 ``reference`` (how much faster the fast path is than the eager formula); they are paired (the median
-over rounds of the ratio of the two times measured in the same round).
+over rounds of the ratio of the two times measured in the same round, with a 95% confidence interval).
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from .common import (
     format_table,
     interleaved_times,
     machine_info,
+    median_interval,
     num_threads,
     summarise_times,
 )
@@ -57,7 +58,9 @@ COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("composite_ms", "AN composite (ms)", "{:.3f}"),
     ("reference_ms", "reference (ms)", "{:.3f}"),
     ("an_over_batchnorm", "AN / BN", "{:.2f}"),
+    ("an_over_batchnorm_interval", "95% CI", "{}"),
     ("reference_over_an", "reference / AN", "{:.2f}"),
+    ("reference_over_an_interval", "95% CI", "{}"),
     ("composite_over_an", "composite / AN", "{:.2f}"),
 )
 
@@ -196,17 +199,23 @@ def benchmark_layers(
 
 
 def _add_layer_ratios(row: dict[str, Any]) -> None:
-    """Paired ratios: the median over rounds of the ratio of the two times measured in the same round."""
+    """Paired ratios: the median over rounds of the ratio of the two times measured in the same round,
+    with its 95% confidence interval (from 6 rounds on)."""
 
-    def ratio(a: str, b: str) -> float | None:
+    def ratio(a: str, b: str) -> None:
         num, den = row.get(f"{a}_times_ms"), row.get(f"{b}_times_ms")
-        if not num or not den:
-            return None
-        return statistics.median(x / y for x, y in zip(num, den))
+        key = f"{a}_over_{b}"
+        row[key] = row[f"{key}_interval"] = None
+        if num and den:
+            per_round = [x / y for x, y in zip(num, den)]
+            row[key] = statistics.median(per_round)
+            interval = median_interval(per_round)
+            if interval:
+                row[f"{key}_interval"] = f"{interval[0]:.2f}-{interval[1]:.2f}"
 
-    row["an_over_batchnorm"] = ratio("an", "batchnorm")
-    row["reference_over_an"] = ratio("reference", "an")
-    row["composite_over_an"] = ratio("composite", "an")
+    ratio("an", "batchnorm")
+    ratio("reference", "an")
+    ratio("composite", "an")
 
 
 def layer_table(result: dict[str, Any], markdown: bool = False) -> str:

@@ -9,7 +9,10 @@ plus the parameters, buffers and optimizer state (the input batch is not counted
 
 Times are medians over the rounds. The time ratios in the table ("x") are paired: the median over rounds
 of (this model's time / the baseline's time in the same round), which cancels load that changes between
-rounds; ``<key>_ratio`` in the files is the plain ratio of medians.
+rounds, with its distribution-free 95% confidence interval (from 6 rounds on); ``<key>_ratio`` in the
+files is the plain ratio of medians. A model listed twice is built and measured twice (the second
+labelled ``name#2``): listing the baseline twice gives an A/A control, whose ratio shows how well the run
+can resolve a difference.
 """
 
 from __future__ import annotations
@@ -61,8 +64,10 @@ COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("gflops", "GFLOPs", "{:.2f}"),
     ("train_ms", "train step (ms)", "{:.1f}"),
     ("train_paired_ratio", "x", "{:.3f}"),
+    ("train_paired_interval", "95% CI", "{}"),
     ("infer_ms", "inference (ms)", "{:.1f}"),
     ("infer_paired_ratio", "x", "{:.3f}"),
+    ("infer_paired_interval", "95% CI", "{}"),
     ("train_images_per_s", "train img/s", "{:.1f}"),
     ("infer_images_per_s", "infer img/s", "{:.1f}"),
     ("train_peak_mb", "train peak (MB)", "{:.0f}"),
@@ -120,7 +125,17 @@ class _Runner:
         return tensor_bytes(iter([*self.model.parameters(), *self.model.buffers(), *optimizer_state]))
 
 
-def _make_runner(name: str, settings: Settings, num_classes: int) -> _Runner:
+def unique_labels(names: Sequence[str]) -> list[str]:
+    """``names`` with repeats labelled ``name#2``, ``name#3``, ... (each is built and timed on its own)."""
+    seen: dict[str, int] = {}
+    labels = []
+    for name in names:
+        seen[name] = seen.get(name, 0) + 1
+        labels.append(name if seen[name] == 1 else f"{name}#{seen[name]}")
+    return labels
+
+
+def _make_runner(name: str, label: str, settings: Settings, num_classes: int) -> _Runner:
     device = torch.device(settings.device)
     model = build_model(name, num_classes).to(device=device, memory_format=settings.memory_format)
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
@@ -145,7 +160,7 @@ def _make_runner(name: str, settings: Settings, num_classes: int) -> _Runner:
         with torch.inference_mode(), settings.autocast():
             forward(images)
 
-    return _Runner(name, model, optimizer, train_step, infer_step)
+    return _Runner(label, model, optimizer, train_step, infer_step)
 
 
 def benchmark_networks(
@@ -165,15 +180,15 @@ def benchmark_networks(
         info = machine_info(settings)
         runners = []
         rows: list[dict[str, Any]] = []
-        for name in models:
-            log(f"building {name}")
-            runner = _make_runner(name, settings, num_classes)
+        for name, label in zip(models, unique_labels(models)):
+            log(f"building {label}")
+            runner = _make_runner(name, label, settings, num_classes)
             runners.append(runner)
             flops_model = copy.deepcopy(runner.model).float().to(memory_format=torch.contiguous_format)
             flops = count_flops(flops_model, (1, 3, settings.image_size, settings.image_size))
             del flops_model
             params = count_params(runner.model)
-            rows.append({"model": name, "params": params, "flops": flops})
+            rows.append({"model": label, "params": params, "flops": flops})
 
         log("timing training steps")
         train = interleaved_times(

@@ -16,11 +16,12 @@ from attentive_norm.benchmarks.common import (
     format_markdown,
     format_table,
     interleaved_times,
+    median_interval,
     peak_memory_bytes,
     summarise_times,
 )
 from attentive_norm.benchmarks.layer import PASSES, benchmark_layers, layer_shapes
-from attentive_norm.benchmarks.network import RATIO_KEYS, benchmark_networks, build_model
+from attentive_norm.benchmarks.network import RATIO_KEYS, benchmark_networks, build_model, unique_labels
 from attentive_norm.cli.main import main
 from attentive_norm.models.flops import count_params
 
@@ -45,6 +46,32 @@ def test_paired_ratios_are_medians_of_per_round_ratios() -> None:
     assert rows[0]["t_paired_ratio"] == 1.0
     assert rows[1]["t_paired_ratio"] == pytest.approx(1.1)  # median of 1.1, 1.2, 1.0
     assert rows[2]["t_paired_ratio"] is None  # rounds do not match
+
+
+def test_median_interval_matches_the_binomial_tables() -> None:
+    # 95% order-statistic intervals for the median (e.g. Conover, Practical Nonparametric Statistics).
+    assert median_interval(list(range(1, 6))) is None  # 5 values cannot give 95%
+    assert median_interval(list(range(1, 7))) == (1, 6)
+    assert median_interval(list(range(1, 11))) == (2, 9)
+    assert median_interval(list(range(1, 21))) == (6, 15)
+    assert median_interval(list(range(1, 31))) == (10, 21)
+    assert median_interval([5, 1, 4, 2, 3, 6, 9, 8, 7, 10]) == (2, 9)  # order of the values is irrelevant
+
+
+def test_paired_ratio_interval_brackets_the_median() -> None:
+    reference = [10.0] * 12
+    values = [10.0 * (1 + 0.01 * i) for i in range(12)]
+    rows = [{"t_times_ms": reference}, {"t_times_ms": values}]
+    add_paired_ratios(rows, ["t_times_ms"])
+    row = rows[1]
+    assert row["t_paired_low"] == pytest.approx(1.02) and row["t_paired_high"] == pytest.approx(1.09)
+    assert row["t_paired_low"] <= row["t_paired_ratio"] <= row["t_paired_high"]
+    assert row["t_paired_interval"] == "1.020-1.090"
+    assert rows[0]["t_paired_interval"] == "1.000-1.000"
+
+
+def test_repeated_models_are_labelled_apart() -> None:
+    assert unique_labels(["a", "b", "a", "a"]) == ["a", "b", "a#2", "a#3"]
 
 
 def test_interleaved_times_runs_each_candidate_round_robin() -> None:
@@ -109,6 +136,17 @@ def test_network_benchmark_rows() -> None:
         assert row["train_ms"] > 0 and row["infer_ms"] > 0 and row["train_peak_mb"] > row["state_mb"] > 0
         assert row["train_images_per_s"] == pytest.approx(2 / (row["train_ms"] / 1e3))
     assert an["params"] > baseline["params"] and an["flops"] > baseline["flops"]
+
+
+def test_network_benchmark_a_a_control() -> None:
+    settings = Settings(batch_size=2, image_size=32, threads=1, warmup=0, iterations=6)
+    rows = benchmark_networks(["resnet20", "resnet20"], settings, measure_memory=False)["rows"]
+    assert [r["model"] for r in rows] == ["resnet20", "resnet20#2"]
+    control = rows[1]
+    for key in ("train", "infer"):
+        assert len(control[f"{key}_times_ms"]) == 6
+        assert control[f"{key}_paired_low"] <= control[f"{key}_paired_ratio"] <= control[f"{key}_paired_high"]
+        assert rows[0][f"{key}_paired_interval"] == "1.000-1.000"
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
