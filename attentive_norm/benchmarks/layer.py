@@ -7,7 +7,8 @@ image_size/4 ... image_size/32, K = 10, 10, 20, 20), each candidate is timed rou
 - ``an``: :class:`~attentive_norm.AttentiveBatchNorm2d`, the fast path (layers/fused.py);
 - ``composite``: the same layer's general route (BatchNorm standardisation, pooling, then the mixture as
   separate autograd ops; what TorchScript and SyncBatchNorm use);
-- ``reference``: ``layers/reference.py``, the formula written out line by line.
+- ``reference``: ``layers/reference.py``, the formula written out line by line, always eager (also
+  under ``--compile``, which compiles the other three).
 
 Three passes: ``train`` (training-mode forward and backward, the gradient of the input and of every
 parameter), ``forward`` (training-mode forward, recording autograd) and ``eval`` (eval-mode forward
@@ -120,7 +121,9 @@ def _candidates(channels: int, mixtures: int, settings: Settings) -> dict[str, n
         "reference": _Reference(copy.deepcopy(an)),
     }
     if settings.compile:
-        modules = {name: torch.compile(m) for name, m in modules.items()}
+        # The reference stays eager: it is the yardstick "the eager re-statement of the formula"; the
+        # compiled composite route shows what inductor makes of the formula written as separate ops.
+        modules = {name: m if name == "reference" else torch.compile(m) for name, m in modules.items()}
     return modules
 
 
