@@ -12,15 +12,13 @@ test in seconds (tiny models or shapes, one iteration).
 from __future__ import annotations
 
 import argparse
-import functools
-import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 from ..benchmarks.common import Settings, plot_ratios, write_csv, write_json
 from ..benchmarks.layer import benchmark_layers, layer_table
 from ..benchmarks.network import DEFAULT_MODELS, PLOT_METRICS, QUICK_MODELS, benchmark_networks, network_table
+from .errors import reports_errors
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -77,20 +75,6 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     )
 
 
-def _user_errors(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    """Bad names and settings (ValueError) print one line on stderr and return 2."""
-
-    @functools.wraps(command)
-    def wrapped(args: argparse.Namespace) -> int:
-        try:
-            return command(args)
-        except ValueError as exc:
-            print(f"attentive-norm: error: {exc}", file=sys.stderr)
-            return 2
-
-    return wrapped
-
-
 def command_line(args: argparse.Namespace, models: list[str] | None) -> str:
     """The command that repeats this run (every setting explicit)."""
     parts = ["attentive-norm", "benchmark"]
@@ -116,7 +100,7 @@ def command_line(args: argparse.Namespace, models: list[str] | None) -> str:
     return " ".join(parts)
 
 
-@_user_errors
+@reports_errors(also=(ValueError,))
 def run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     models: list[str] | None = None

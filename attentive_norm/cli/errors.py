@@ -20,15 +20,25 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
-def reports_errors(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    """Wrap a subcommand so that :data:`USER_ERRORS` print ``attentive-norm: error: ...`` and return 2."""
+def reports_errors(
+    command: Callable[[argparse.Namespace], int] | None = None,
+    *,
+    also: tuple[type[BaseException], ...] = (),
+) -> Callable:
+    """Wrap a subcommand so that :data:`USER_ERRORS` (and the types in ``also``) print
+    ``attentive-norm: error: ...`` and return 2. Use as ``@reports_errors`` or
+    ``@reports_errors(also=(ValueError,))``."""
+    caught = USER_ERRORS + also
 
-    @functools.wraps(command)
-    def run(args: argparse.Namespace) -> int:
-        try:
-            return command(args)
-        except USER_ERRORS as exc:
-            print(f"attentive-norm: error: {exc}", file=sys.stderr)
-            return 2
+    def wrap(function: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+        @functools.wraps(function)
+        def run(args: argparse.Namespace) -> int:
+            try:
+                return function(args)
+            except caught as exc:
+                print(f"attentive-norm: error: {exc}", file=sys.stderr)
+                return 2
 
-    return run
+        return run
+
+    return wrap if command is None else wrap(command)
