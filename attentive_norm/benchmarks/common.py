@@ -9,6 +9,7 @@ import math
 import os
 import platform
 import statistics
+import subprocess
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -76,9 +77,31 @@ def machine_info(settings: Settings | None = None) -> dict[str, Any]:
         import timm
 
         info["timm"] = timm.__version__
+    info["attentive_norm"] = _package_version()
     if settings is not None:
         info["settings"] = dataclasses.asdict(settings)
     return info
+
+
+def _package_version() -> str:
+    """This package's version, with the git commit when it runs from a checkout (so a result names the
+    code that produced it)."""
+    from .. import __version__
+
+    root = Path(__file__).resolve().parents[2]
+    if not (root / ".git").exists():
+        return __version__
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(root), "describe", "--always", "--dirty"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return __version__
+    return f"{__version__}+{commit}" if commit else __version__
 
 
 def load_average() -> list[float] | None:

@@ -9,6 +9,7 @@ import json
 import pytest
 import torch
 
+from attentive_norm import __version__
 from attentive_norm.benchmarks.common import (
     Settings,
     add_paired_ratios,
@@ -121,6 +122,7 @@ def test_network_benchmark_rows() -> None:
     result = benchmark_networks(["resnet20", "resnet20_an"], TINY)
     assert result["kind"] == "network" and result["machine"]["torch_threads"] == 1
     assert result["machine"]["settings"]["batch_size"] == 2
+    assert result["machine"]["attentive_norm"].startswith(__version__)  # + the git commit in a checkout
     baseline, an = result["rows"]
     assert baseline["model"] == "resnet20" and an["model"] == "resnet20_an"
     assert an["params"] == count_params(build_model("resnet20_an"))
