@@ -26,9 +26,14 @@ def values_per_channel(x: Tensor) -> int:
 
 
 def batch_moments(x: Tensor) -> tuple[Tensor, Tensor]:
-    """Per-channel mean and biased variance of N×C×... ``x`` over every dim but 1, in float32 or wider."""
+    """Per-channel mean and biased variance of N×C×... ``x`` over every dim but 1, in float32 or wider;
+    zeros for an empty batch (which has no statistics; its standardised output is empty anyway)."""
+    dtype = statistics_dtype(x)
+    if values_per_channel(x) == 0:
+        zeros = torch.zeros(x.shape[1], dtype=dtype, device=x.device)
+        return zeros, zeros.clone()
     dims = [0] + [d for d in range(2, x.dim())]  # a comprehension, as TorchScript needs
-    var, mean = torch.var_mean(x.to(statistics_dtype(x)), dim=dims, correction=0)
+    var, mean = torch.var_mean(x.to(dtype), dim=dims, correction=0)
     return mean, var
 
 
@@ -131,9 +136,7 @@ def synced_batch_moments(x: Tensor, process_group: object) -> tuple[Tensor, Tens
     from torch.distributed.nn.functional import all_gather
 
     local_count = values_per_channel(x)
-    mean, var = batch_moments(x)
-    if local_count == 0:  # an empty local batch contributes nothing (its moments are NaN)
-        mean, var = torch.zeros_like(mean), torch.zeros_like(var)
+    mean, var = batch_moments(x)  # zeros for an empty local batch, which then contributes nothing
     count = torch.full((1,), float(local_count), dtype=mean.dtype, device=x.device)
     gathered = all_gather(torch.cat([count, mean, var * local_count]), group=process_group)
     stacked = torch.stack(list(gathered))  # world × (1 + 2C)
