@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .stats import normalize_batch, statistics_dtype, synced_normalize_batch
+from .stats import normalize_batch, register_running_stats, statistics_dtype, synced_normalize_batch
 
 # Shape-dependent helpers become single nodes under torch.fx.symbolic_trace (see stats.py).
 torch.fx.wrap("normalize_batch")
@@ -115,14 +115,7 @@ class LogitNorm(nn.Module):
         self.track_running_stats = track_running_stats
         self.weight = nn.Parameter(torch.ones(num_features, **factory))
         self.bias = nn.Parameter(torch.zeros(num_features, **factory))
-        if track_running_stats:
-            self.register_buffer("running_mean", torch.zeros(num_features, **factory))
-            self.register_buffer("running_var", torch.ones(num_features, **factory))
-            self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long, device=device))
-        else:
-            self.register_buffer("running_mean", None)
-            self.register_buffer("running_var", None)
-            self.register_buffer("num_batches_tracked", None)
+        register_running_stats(self, num_features, track_running_stats, **factory)
         self.freeze_stats = False
         self.process_group: object | None = None
 

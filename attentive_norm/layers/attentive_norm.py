@@ -28,7 +28,7 @@ from .fused import (
     instance_moments,
     pooled_descriptor,
 )
-from .stats import normalize_batch, synced_normalize_batch
+from .stats import normalize_batch, register_running_stats, synced_normalize_batch
 
 # Helpers that branch on shapes or switch autocast become single nodes under torch.fx.symbolic_trace.
 torch.fx.wrap("normalize_batch")
@@ -241,14 +241,7 @@ class AttentiveBatchNorm2d(_AttentiveNorm):
         self.eps = eps
         self.momentum = momentum
         self.track_running_stats = track_running_stats
-        if track_running_stats:
-            self.register_buffer("running_mean", torch.zeros(num_features, **factory))
-            self.register_buffer("running_var", torch.ones(num_features, **factory))
-            self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long, device=device))
-        else:
-            self.register_buffer("running_mean", None)
-            self.register_buffer("running_var", None)
-            self.register_buffer("num_batches_tracked", None)
+        register_running_stats(self, num_features, track_running_stats, **factory)
         self.freeze_stats = False
         self.process_group: object | None = None
 

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .stats import register_running_stats
+
 
 class FrozenStatsBatchNorm2d(nn.Module):
     """``nn.BatchNorm2d`` that always normalises with its running statistics and never updates them.
@@ -36,9 +38,7 @@ class FrozenStatsBatchNorm2d(nn.Module):
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(num_features, **factory))
         self.bias = nn.Parameter(torch.zeros(num_features, **factory))
-        self.register_buffer("running_mean", torch.zeros(num_features, **factory))
-        self.register_buffer("running_var", torch.ones(num_features, **factory))
-        self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long, device=device))
+        register_running_stats(self, num_features, **factory)
 
     @classmethod
     def from_batch_norm(cls, bn: nn.BatchNorm2d) -> FrozenStatsBatchNorm2d:

@@ -12,12 +12,31 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 
 def statistics_dtype(x: Tensor) -> torch.dtype:
     """float32 for half-precision inputs, the input's own dtype for float32 and float64."""
     return torch.promote_types(x.dtype, torch.float32)
+
+
+def register_running_stats(
+    module: nn.Module,
+    num_features: int,
+    track: bool = True,
+    device: torch.device | None = None,
+    dtype: torch.dtype | None = None,
+) -> None:
+    """Give ``module`` BatchNorm's buffers ``running_mean`` (zeros), ``running_var`` (ones) and
+    ``num_batches_tracked`` (0), or register them as None when ``track`` is False (same state-dict keys
+    as ``nn.BatchNorm2d``)."""
+    if not track:
+        for name in ("running_mean", "running_var", "num_batches_tracked"):
+            module.register_buffer(name, None)
+        return
+    module.register_buffer("running_mean", torch.zeros(num_features, device=device, dtype=dtype))
+    module.register_buffer("running_var", torch.ones(num_features, device=device, dtype=dtype))
+    module.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long, device=device))
 
 
 def values_per_channel(x: Tensor) -> int:
