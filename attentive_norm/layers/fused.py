@@ -161,8 +161,24 @@ def _moments(x: Tensor) -> tuple[Tensor, Tensor]:
     return mean, centred.square_().sum(dim=(2, 3)) / hw
 
 
+def _moment_coefficients(
+    x: Tensor, mean: Tensor, var: Tensor, grad_mean: Tensor, grad_var: Tensor
+) -> tuple[Tensor, Tensor]:
+    """``p, q`` with ``grad_x = p * x + q``: the gradient of the per-instance moments with respect to the
+    input (d mean / dx = 1/HW, d var / dx = 2 (x - mean) / HW).
+
+    A variance beyond the statistics dtype's range (float32 input with |x| over ~1e19) is infinite; what
+    depends on it (``rsqrt(var + eps)``) is then flat in it, so its gradient is taken as that limit, 0,
+    instead of the ``inf * 0 = NaN`` autograd would give."""
+    grad_var = torch.where(torch.isfinite(var), grad_var, 0.0)
+    hw = _spatial_size(x)
+    p = grad_var * (2.0 / hw)
+    q = grad_mean / hw - p * mean
+    return p, q
+
+
 class _InstanceMoments(torch.autograd.Function):
-    """(mean, biased variance) of every x[n, c] over H×W; saves only ``x`` and the N×C means."""
+    """(mean, biased variance) of every x[n, c] over H×W; saves only ``x`` and the N×C moments."""
 
     @staticmethod
     def forward(x: Tensor) -> tuple[Tensor, Tensor]:
@@ -171,18 +187,14 @@ class _InstanceMoments(torch.autograd.Function):
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:
         (x,) = inputs
-        mean, _ = output
-        ctx.save_for_backward(x, mean)
+        mean, var = output
+        ctx.save_for_backward(x, mean, var)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_mean: Tensor, grad_var: Tensor) -> Tensor:
-        x, mean = ctx.saved_tensors
-        hw = _spatial_size(x)
-        # d mean / dx = 1/HW, d var / dx = 2 (x - mean) / HW: grad_x = p * x + q, one pass.
-        p = grad_var * (2.0 / hw)
-        q = grad_mean / hw - p * mean
-        return _affine(x, p, q)
+        x, mean, var = ctx.saved_tensors
+        return _affine(x, *_moment_coefficients(x, mean, var, grad_mean, grad_var))  # one pass
 
 
 class _InstanceAffine(torch.autograd.Function):
@@ -260,11 +272,9 @@ class _FusedInstanceAffine(torch.autograd.Function):
         )
         grad_x = None
         if need_x:
-            hw = _spatial_size(x)
             grad_mean = grads[0] if grads[0] is not None else torch.zeros_like(mean)
             grad_var = grads[1] if grads[1] is not None else torch.zeros_like(var)
-            p = grad_var * (2.0 / hw)  # d mean / dx = 1/HW, d var / dx = 2 (x - mean) / HW
-            q = grad_mean / hw - p * mean.detach()
+            p, q = _moment_coefficients(x, mean.detach(), var.detach(), grad_mean, grad_var)
             # a * grad + q in full precision, then + p * x with p in x's dtype: a mixed-dtype addcmul_
             # would convert the full-size tensors (5x slower in bfloat16); rounding p, the factor of
             # the smaller correction term, costs less accuracy than rounding a.
