@@ -72,8 +72,11 @@ def _verify_zip(path: Path) -> None:
     try:
         with zipfile.ZipFile(path) as archive:
             bad = archive.testzip()
-    except (zipfile.BadZipFile, EOFError, OSError, ValueError) as exc:
-        raise CorruptCheckpointError(f"{path}: truncated or corrupt zip checkpoint ({exc})") from exc
+    except Exception as exc:  # BadZipFile, EOFError, zlib.error, and RuntimeError/NotImplementedError for
+        # damaged flag bits (an "encrypted" record, an unknown compression method): all mean a damaged file
+        raise CorruptCheckpointError(
+            f"{path}: truncated or corrupt zip checkpoint ({type(exc).__name__}: {_first_line(exc)})"
+        ) from exc
     if bad is not None:
         raise CorruptCheckpointError(f"{path}: record {bad!r} fails its CRC check (the file is corrupt)")
 

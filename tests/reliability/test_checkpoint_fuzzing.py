@@ -84,3 +84,18 @@ def test_damaged_files_load_exactly_or_fail_clearly(originals, tmp_path: Path, f
                 assert torch.equal(value, expected[key].to(value.dtype)), key
 
     check()
+
+
+@pytest.mark.parametrize(("flag", "meaning"), [(0x1, "encrypted"), (0x40, "strongly encrypted")])
+def test_zip_records_with_damaged_flags_fail_clearly(
+    originals, tmp_path: Path, flag: int, meaning: str
+) -> None:
+    """Found by the fuzzer: one flipped flag bit in the zip directory made zipfile raise RuntimeError
+    ("File ... is encrypted") instead of a clear CheckpointError."""
+    data = bytearray(originals["zip"])
+    at = data.rfind(b"PK\x01\x02")  # the last central-directory record; its flags are 8 bytes in
+    data[at + 8] |= flag
+    path = tmp_path / f"{meaning.replace(' ', '-')}.pt"
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="corrupt"):
+        load_checkpoint(tiny(), path)
