@@ -236,9 +236,8 @@ def add_paired_ratios(rows: list[dict[str, Any]], keys: Sequence[str], baseline:
     """Add ``<key>_paired_ratio``: the median over rounds of ``row[key][r] / baseline[key][r]`` for lists
     of per-round times measured round-robin, and ``<key>_paired_low``/``_high``, its 95% confidence
     interval (:func:`median_interval`; None with fewer than 6 rounds), also as the text
-    ``<key>_paired_interval`` for tables. Each pair was measured seconds
-    apart, so a change of load between rounds cancels out; the ratio of medians does not have that
-    property."""
+    ``<key>_paired_interval`` for tables. Each pair was measured seconds apart, so a change of load
+    between rounds cancels out; the ratio of medians does not have that property."""
     if not rows:
         return
     base = rows[baseline]
