@@ -232,6 +232,17 @@ def median_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[
     return ordered[k - 1], ordered[n - k]
 
 
+def paired_ratio(
+    values: Sequence[float] | None, reference: Sequence[float] | None
+) -> tuple[float, tuple[float, float] | None] | None:
+    """The median over rounds of ``values[r] / reference[r]`` (times measured in the same round) and its
+    95% confidence interval (:func:`median_interval`); None unless both lists are complete and match."""
+    if not values or not reference or len(values) != len(reference) or not all(reference):
+        return None
+    per_round = [v / r for v, r in zip(values, reference)]
+    return statistics.median(per_round), median_interval(per_round)
+
+
 def add_paired_ratios(rows: list[dict[str, Any]], keys: Sequence[str], baseline: int = 0) -> None:
     """Add ``<key>_paired_ratio``: the median over rounds of ``row[key][r] / baseline[key][r]`` for lists
     of per-round times measured round-robin, and ``<key>_paired_low``/``_high``, its 95% confidence
@@ -243,11 +254,7 @@ def add_paired_ratios(rows: list[dict[str, Any]], keys: Sequence[str], baseline:
     base = rows[baseline]
     for row in rows:
         for key in keys:
-            values, reference = row.get(key), base.get(key)
-            ratio = interval = None
-            if values and reference and len(values) == len(reference) and all(reference):
-                per_round = [v / r for v, r in zip(values, reference)]
-                ratio, interval = statistics.median(per_round), median_interval(per_round)
+            ratio, interval = paired_ratio(row.get(key), base.get(key)) or (None, None)
             stem = key.removesuffix("_times_ms")
             row[f"{stem}_paired_ratio"] = ratio
             row[f"{stem}_paired_low"], row[f"{stem}_paired_high"] = interval or (None, None)

@@ -20,7 +20,6 @@ over rounds of the ratio of the two times measured in the same round, with a 95%
 from __future__ import annotations
 
 import copy
-import statistics
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -35,8 +34,8 @@ from .common import (
     format_table,
     interleaved_times,
     machine_info,
-    median_interval,
     num_threads,
+    paired_ratio,
     summarise_times,
 )
 
@@ -206,15 +205,10 @@ def _add_layer_ratios(row: dict[str, Any]) -> None:
     with its 95% confidence interval (from 6 rounds on)."""
 
     def ratio(a: str, b: str) -> None:
-        num, den = row.get(f"{a}_times_ms"), row.get(f"{b}_times_ms")
         key = f"{a}_over_{b}"
-        row[key] = row[f"{key}_interval"] = None
-        if num and den:
-            per_round = [x / y for x, y in zip(num, den)]
-            row[key] = statistics.median(per_round)
-            interval = median_interval(per_round)
-            if interval:
-                row[f"{key}_interval"] = f"{interval[0]:.2f}-{interval[1]:.2f}"
+        ratio, interval = paired_ratio(row.get(f"{a}_times_ms"), row.get(f"{b}_times_ms")) or (None, None)
+        row[key] = ratio
+        row[f"{key}_interval"] = f"{interval[0]:.2f}-{interval[1]:.2f}" if interval else None
 
     ratio("an", "batchnorm")
     ratio("reference", "an")
