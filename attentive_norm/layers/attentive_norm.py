@@ -119,7 +119,7 @@ class _AttentiveNorm(nn.Module):
         descriptor = pooled_descriptor(x, mean_hw, var_hw, head.pooling, head.pooling_eps)
         lam = head(x, descriptor)
         a = full_precision_matmul(lam, self.mixture_weight) * rstd
-        b = full_precision_matmul(lam, self.mixture_bias) - mean * a
+        b = torch.addcmul(full_precision_matmul(lam, self.mixture_bias), mean, a, value=-1.0)
         return a, b
 
     @torch.jit.unused
@@ -135,7 +135,7 @@ class _AttentiveNorm(nn.Module):
             mean, rstd = self._standardisation(x, mean_hw, var_hw)
             return self._coefficients(x, mean_hw, var_hw, mean, rstd)
 
-        return fused_instance_affine(x, coefficients, tuple(self.parameters()))
+        return fused_instance_affine(x, coefficients, self.parameters())
 
     def _standardisation(self, x: Tensor, mean_hw: Tensor, var_hw: Tensor) -> tuple[Tensor, Tensor]:
         """``mean`` and ``rstd`` of the standardisation from the per-instance moments."""

@@ -42,6 +42,9 @@ against (tests/layers/test_fused.py).
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterable
+
 import torch
 from torch import Tensor
 
@@ -150,10 +153,11 @@ def _moments(x: Tensor) -> tuple[Tensor, Tensor]:
                 converted = x.to(dtype)
                 sums = (converted.square().sum(dim=(2, 3)), converted.sum(dim=(2, 3)))
             mean, mean_square = sums[1] / hw, sums[0] / hw
-        var = (mean_square - mean.square()).clamp_min(0)
+        var = torch.addcmul(mean_square, mean, mean, value=-1.0).clamp_min_(0)
         limit = ONE_PASS_CONDITION / torch.finfo(dtype).eps
-        # Squares that overflow (|x| beyond ~1e19 in float32) also need the centred formula.
-        if bool(torch.isfinite(mean_square).all()) and not bool((mean.square() > var * limit).any()):
+        # mean^2 / var <= limit, written as mean_square <= var * (1 + limit); squares that overflow
+        # (|x| beyond ~1e19 in float32, or NaN) also need the centred formula.
+        if float(mean_square.max()) < math.inf and not bool((mean_square > var * (1.0 + limit)).any()):
             return mean, var
     else:
         mean = x.sum(dim=(2, 3), dtype=dtype) / hw
@@ -290,10 +294,11 @@ def _plain_ops() -> bool:
     return torch.compiler.is_compiling() or torch._C._functorch.peek_interpreter_stack() is not None
 
 
-def fused_instance_affine(x: Tensor, coefficients, params: tuple[Tensor, ...]) -> Tensor:
+def fused_instance_affine(x: Tensor, coefficients, params: Iterable[Tensor]) -> Tensor:
     """``a[:, :, None, None] * x + b[:, :, None, None]`` with ``a, b = coefficients(mean_hw, var_hw)``,
     where ``mean_hw, var_hw`` are :func:`instance_moments` of ``x`` and ``coefficients`` is differentiable
-    in them and in ``params`` (every tensor it reads that may need a gradient).
+    in them and in ``params`` (every tensor it reads that may need a gradient; read in training only,
+    so a module's ``parameters()`` generator costs nothing in inference).
 
     Eager training: one custom autograd node (``_FusedInstanceAffine``). Inference: the same maths
     without autograd. Under ``torch.compile``: plain ops, which inductor fuses and differentiates.
@@ -306,7 +311,7 @@ def fused_instance_affine(x: Tensor, coefficients, params: tuple[Tensor, ...]) -
         mean, var = _moments(x)
         a, b = coefficients(mean, var)
         return _affine(x, a, b)
-    return _FusedInstanceAffine.apply(x, coefficients, *params)
+    return _FusedInstanceAffine.apply(x, coefficients, *tuple(params))
 
 
 def instance_moments(x: Tensor) -> tuple[Tensor, Tensor]:
