@@ -79,10 +79,28 @@ def full_precision_matmul(a: Tensor, b: Tensor) -> Tensor:
         return a @ b
 
 
+@torch.fx.wrap
+def full_precision_linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """``x @ weight.T + bias`` (one ``F.linear``) in ``x``'s dtype (float32 or wider here), also under
+    autocast. (An FX leaf, as :func:`full_precision_matmul`.)"""
+    weight = weight.to(x.dtype)
+    bias = None if bias is None else bias.to(x.dtype)
+    if torch.jit.is_scripting():
+        return F.linear(x, weight, bias)
+    if not torch.is_autocast_enabled(x.device.type):
+        return F.linear(x, weight, bias)
+    with torch.autocast(x.device.type, enabled=False):
+        return F.linear(x, weight, bias)
+
+
+@torch.fx.wrap
 def hard_sigmoid(z: Tensor) -> Tensor:
-    """``relu6(z + 3) / 6``, the paper's gate. (Not ``F.hardsigmoid``: its backward multiplies by a
-    float32 1/6, off by 3e-8 relative in float64.)"""
-    return F.relu6(z + 3.0) / 6.0
+    """``relu6(z + 3) / 6``, the paper's gate: PyTorch's ``hardsigmoid`` (the same values in one op) where
+    no gradient is recorded; otherwise the composed form, because ``hardsigmoid``'s backward multiplies
+    by a float32 1/6 (off by 3e-8 relative in float64). (An FX leaf: it branches on autograd state.)"""
+    if torch.is_grad_enabled() and z.requires_grad:
+        return F.relu6(z + 3.0) / 6.0
+    return F.hardsigmoid(z)
 
 
 def check_positive_int(name: str, value: object) -> None:
@@ -245,10 +263,8 @@ class AttentionHead(nn.Module):
         """N×C descriptor -> N×K mixture weights, in the descriptor's dtype (float32 or wider), also
         under autocast."""
         if self.hidden_weight is not None and self.hidden_bias is not None:
-            s = F.relu(full_precision_matmul(s, self.hidden_weight.t()) + self.hidden_bias.to(s.dtype))
-        z = full_precision_matmul(s, self.weight.t())
-        if self.bias is not None:
-            z = z + self.bias.to(z.dtype)
+            s = F.relu(full_precision_linear(s, self.hidden_weight, self.hidden_bias))
+        z = full_precision_linear(s, self.weight, self.bias)
         if self.norm is not None:
             z = self.norm(z)
         if self.head.endswith("softmax"):

@@ -32,8 +32,9 @@ The kernels: for NCHW-contiguous input the elementwise passes run PyTorch's nati
 weight ``a``, bias ``b``), a vectorised pass that computes half-precision input in float32 and writes the
 input's dtype; the reductions run its backward kernel (with ``g`` and ``x`` as gradient and input it
 returns ``sum_hw(g * x)`` and ``sum_hw(g)`` per instance and channel, accumulated in float32). For
-channels_last the backward kernel runs per instance on large maps; elementwise passes use ``addcmul``,
-which keeps the memory format.
+channels_last the backward kernel runs per instance on large maps; on smaller ones the products are
+written into the layer's output tensor (allocated first, overwritten last, so no extra allocation) and
+summed as N×(H·W)×C rows; elementwise passes use ``addcmul``, which keeps the memory format.
 
 The statistics are float32 for half-precision input, the input's dtype otherwise; the output has the
 input's dtype and memory format. ``reference.py`` is the plain formulation this path is tested
@@ -42,7 +43,6 @@ against (tests/layers/test_fused.py).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 
 import torch
@@ -77,9 +77,26 @@ def _unit_statistics(size: int, dtype: torch.dtype, device: torch.device) -> tup
     return torch.zeros(size, dtype=dtype, device=device), torch.ones(size, dtype=dtype, device=device)
 
 
-def _affine(x: Tensor, a: Tensor, b: Tensor) -> Tensor:
+def _channels_last_scratch(x: Tensor) -> Tensor | None:
+    """A new tensor like ``x`` for a channels_last ``x`` (else None): the layer's output, first used as
+    scratch space for the reductions' products (see :func:`_per_instance_sums`)."""
+    return torch.empty_like(x) if _is_channels_last(x) else None
+
+
+def _is_channels_last(x: Tensor) -> bool:
+    return not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+
+
+def _rows(x: Tensor) -> Tensor:
+    """A channels_last N×C×H×W tensor as the N×(H·W)×C array it is in memory (a view)."""
+    n, c, h, w = x.shape
+    return x.permute(0, 2, 3, 1).view(n, h * w, c)
+
+
+def _affine(x: Tensor, a: Tensor, b: Tensor, out: Tensor | None = None) -> Tensor:
     """``a[:, :, None, None] * x + b[:, :, None, None]`` in one pass, computed in ``a``'s dtype (float32 or
-    wider) and written in ``x``'s dtype and memory format."""
+    wider) and written in ``x``'s dtype and memory format (into ``out``, a tensor like ``x``, if given
+    and ``x`` is not NCHW-contiguous)."""
     view = _per_instance_view(x)
     if view is not None and x.numel() > 0:
         zeros, ones = _unit_statistics(view.shape[1], a.dtype, a.device)
@@ -87,7 +104,7 @@ def _affine(x: Tensor, a: Tensor, b: Tensor) -> Tensor:
         # Not a view in autograd's eyes: the output of a custom Function may then be modified in place
         # (e.g. by a following ReLU(inplace=True)).
         return torch.ops.aten._unsafe_view(out, x.shape)
-    out = torch.empty_like(x)
+    out = torch.empty_like(x) if out is None else out
     return torch.addcmul(b[:, :, None, None], x, a[:, :, None, None], out=out)
 
 
@@ -98,14 +115,23 @@ ONE_PASS_CONDITION: float = 1e-5
 centred two-pass formula is used, as accurate as ``torch.var_mean``."""
 
 
-def _per_instance_sums(u: Tensor, v: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor] | None:
+SCRATCH_MAP_SIZE: int = 512
+"""channels_last maps smaller than this (H·W) reduce ``u * v`` written into the scratch tensor; larger
+ones call the batch_norm backward kernel per instance (faster there, measured inside ResNet-50)."""
+
+
+def _per_instance_sums(
+    u: Tensor, v: Tensor, dtype: torch.dtype, scratch: Tensor | None = None
+) -> tuple[Tensor, Tensor] | None:
     """``sum_hw(u * v)`` and ``sum_hw(u)`` for every instance and channel (N×C, accumulated and returned in
-    ``dtype``) in one reading pass without a full-size temporary, or None where that is not faster.
+    ``dtype``) without a new full-size temporary, or None where that is not possible or not faster.
 
     The eval-mode ``batch_norm`` backward kernel, given ``u`` as the gradient and ``v`` as the input (with
     running mean 0 and variance 1), computes exactly these per channel: on the 1×(N·C)×H×W view of
-    NCHW-contiguous tensors in one call; per instance (1×C×H×W slices) for channels_last on large maps
-    (H·W >= 512).
+    NCHW-contiguous tensors in one reading pass. No kernel reduces a channels_last tensor per instance
+    and channel in one pass; there the products go into ``scratch`` (a tensor like ``u`` that the caller
+    overwrites afterwards: its output) and are summed as N×(H·W)×C rows, or, on maps of
+    ``SCRATCH_MAP_SIZE`` or more, the backward kernel runs per instance (1×C×H×W slices).
     """
     if u.numel() == 0 or u.stride() != v.stride():
         return None
@@ -117,9 +143,15 @@ def _per_instance_sums(u: Tensor, v: Tensor, dtype: torch.dtype) -> tuple[Tensor
             u.view(shape), v.view(shape), ones, zeros, ones, None, None, False, 0.0, [False, True, True]
         )
         return products.view(n, c), totals.view(n, c)
-    # Per-instance calls cost ~30 us each, but need no full-size temporary, whose fresh pages cost more
-    # than that inside a network (in isolation, a temporary is faster at 28×28: 0.25 vs 0.59 ms).
-    if u.is_contiguous(memory_format=torch.channels_last) and h * w >= 512:
+    if not u.is_contiguous(memory_format=torch.channels_last):
+        return None
+    if h * w < SCRATCH_MAP_SIZE:
+        if scratch is None or scratch.dtype != dtype or scratch.stride() != u.stride():
+            return None
+        rows, products = _rows(u), _rows(scratch)
+        torch.mul(rows, rows if v is u else _rows(v), out=products)
+        return products.sum(dim=1), rows.sum(dim=1, dtype=dtype)
+    if h * w >= 512:  # per-instance calls cost ~30 us each
         zeros, ones = _unit_statistics(c, dtype, u.device)
         sums = [
             torch.ops.aten.native_batch_norm_backward(
@@ -131,12 +163,12 @@ def _per_instance_sums(u: Tensor, v: Tensor, dtype: torch.dtype) -> tuple[Tensor
     return None
 
 
-def _moments(x: Tensor) -> tuple[Tensor, Tensor]:
+def _moments(x: Tensor, scratch: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Per-instance mean and biased variance over H×W, in the statistics dtype.
 
-    One reading pass for the sum and the sum of squares, without a full-size temporary, unless some
-    instance and channel has ``mean^2 / var`` too large for that (see ``ONE_PASS_CONDITION``): then the
-    centred two-pass formula.
+    The sum and the sum of squares without a new full-size temporary (``scratch``: see
+    :func:`_per_instance_sums`), unless some instance and channel has ``mean^2 / var`` too large for that
+    (see ``ONE_PASS_CONDITION``): then the centred two-pass formula.
     """
     hw = _spatial_size(x)
     dtype = statistics_dtype(x)
@@ -148,16 +180,17 @@ def _moments(x: Tensor) -> tuple[Tensor, Tensor]:
             mean = converted.sum(dim=(2, 3)) / hw
             mean_square = torch.linalg.vector_norm(converted, 2, dim=(2, 3)).square() / hw
         else:
-            sums = _per_instance_sums(x, x, dtype)
-            if sums is None:  # channels_last on small maps
+            sums = _per_instance_sums(x, x, dtype, scratch)
+            if sums is None:  # channels_last on small maps without scratch space, or half precision
                 converted = x.to(dtype)
                 sums = (converted.square().sum(dim=(2, 3)), converted.sum(dim=(2, 3)))
             mean, mean_square = sums[1] / hw, sums[0] / hw
         var = torch.addcmul(mean_square, mean, mean, value=-1.0).clamp_min_(0)
         limit = ONE_PASS_CONDITION / torch.finfo(dtype).eps
-        # mean^2 / var <= limit, written as mean_square <= var * (1 + limit); squares that overflow
-        # (|x| beyond ~1e19 in float32, or NaN) also need the centred formula.
-        if float(mean_square.max()) < math.inf and not bool((mean_square > var * (1.0 + limit)).any()):
+        # mean^2 / var <= limit, i.e. mean_square - (1 + limit) * var <= 0 everywhere; squares that
+        # overflow (|x| beyond ~1e19 in float32: inf - inf) or NaN input make the maximum NaN, and the
+        # centred formula is used.
+        if float(torch.add(mean_square, var, alpha=-(1.0 + limit)).max()) <= 0.0:
             return mean, var
     else:
         mean = x.sum(dim=(2, 3), dtype=dtype) / hw
@@ -226,10 +259,12 @@ class _InstanceAffine(torch.autograd.Function):
         return grad_x, grad_a if need_a else None, grad_b if need_b else None
 
 
-def _affine_reductions(grad: Tensor, x: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+def _affine_reductions(
+    grad: Tensor, x: Tensor, dtype: torch.dtype, scratch: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
     """``sum_hw(grad * x)`` and ``sum_hw(grad)`` per instance and channel, in ``dtype``: the gradients of
-    the per-instance affine's scale and shift."""
-    sums = _per_instance_sums(grad, x, dtype)
+    the per-instance affine's scale and shift (``scratch``: see :func:`_per_instance_sums`)."""
+    sums = _per_instance_sums(grad, x, dtype, scratch)
     if sums is not None:
         return sums
     return (grad.to(dtype) * x.to(dtype)).sum(dim=(2, 3)), grad.sum(dim=(2, 3), dtype=dtype)
@@ -250,7 +285,8 @@ class _FusedInstanceAffine(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: Tensor, coefficients, *params: Tensor) -> Tensor:
-        mean, var = _moments(x)
+        out = _channels_last_scratch(x)
+        mean, var = _moments(x, out)
         with torch.enable_grad():
             mean.requires_grad_()
             var.requires_grad_()
@@ -258,7 +294,7 @@ class _FusedInstanceAffine(torch.autograd.Function):
         ctx.save_for_backward(x)
         ctx.graph = (mean, var, a, b)
         ctx.params = params
-        return _affine(x, a.detach(), b.detach())
+        return _affine(x, a.detach(), b.detach(), out)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -268,13 +304,13 @@ class _FusedInstanceAffine(torch.autograd.Function):
         need_x = ctx.needs_input_grad[0]
         need_params = ctx.needs_input_grad[2:]
         wanted = [p for p, need in zip(ctx.params, need_params) if need]
-        grad_a, grad_b = _affine_reductions(grad, x, a.dtype)
+        grad_x = _channels_last_scratch(grad)
+        grad_a, grad_b = _affine_reductions(grad, x, a.dtype, grad_x)
         grads = list(
             torch.autograd.grad(
                 (a, b), [mean, var, *wanted], (grad_a, grad_b), retain_graph=True, allow_unused=True
             )
         )
-        grad_x = None
         if need_x:
             grad_mean = grads[0] if grads[0] is not None else torch.zeros_like(mean)
             grad_var = grads[1] if grads[1] is not None else torch.zeros_like(var)
@@ -282,8 +318,10 @@ class _FusedInstanceAffine(torch.autograd.Function):
             # a * grad + q in full precision, then + p * x with p in x's dtype: a mixed-dtype addcmul_
             # would convert the full-size tensors (5x slower in bfloat16); rounding p, the factor of
             # the smaller correction term, costs less accuracy than rounding a.
-            grad_x = _affine(grad, a.detach(), q)
+            grad_x = _affine(grad, a.detach(), q, grad_x)
             grad_x.addcmul_(x, p.to(x.dtype)[:, :, None, None])
+        else:
+            grad_x = None
         param_grads = iter(grads[2:])
         return (grad_x, None, *(next(param_grads) if need else None for need in need_params))
 
@@ -308,9 +346,10 @@ def fused_instance_affine(x: Tensor, coefficients, params: Iterable[Tensor]) -> 
         a, b = coefficients(mean, var)
         return instance_affine(x, a, b)
     if not torch.is_grad_enabled():
-        mean, var = _moments(x)
+        out = _channels_last_scratch(x)
+        mean, var = _moments(x, out)
         a, b = coefficients(mean, var)
-        return _affine(x, a, b)
+        return _affine(x, a, b, out)
     return _FusedInstanceAffine.apply(x, coefficients, *tuple(params))
 
 
