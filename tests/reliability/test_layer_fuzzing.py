@@ -1,13 +1,15 @@
 """Fuzzing the AN layers (hypothesis) over shapes (batch 0 and 1, 1×1 maps), channels and groups, K,
-attention heads and poolings, float32, float64 and bf16 autocast, train and eval, and inputs of any
-magnitude from 1e-30 to 1e30 (squares overflow float32 beyond 1e19) or constant: the output has the
-input's shape and dtype, it and every gradient are finite, and in float64 the paper's configuration
+attention heads and poolings, float32, float64 and bf16 autocast, NCHW and channels_last, train and
+eval, and inputs of any magnitude from 1e-30 to 1e30 (squares overflow float32 beyond 1e19) or
+constant: the output has the input's shape, dtype and memory format, it and every gradient are finite,
+the inference path (no autograd) gives the same output, and in float64 the paper's configuration
 equals the line-by-line formula (layers/reference.py).
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -36,6 +38,7 @@ class Case:
     track_running_stats: bool
     scale: float
     constant: bool
+    channels_last: bool = False
 
     def layer(self) -> nn.Module:
         options = {"attention": self.head, "pooling": self.pooling}
@@ -50,9 +53,11 @@ class Case:
     def input(self, seed: int) -> Tensor:
         dtype = torch.float64 if self.precision == "float64" else torch.float32
         if self.constant:
-            return torch.full(self.shape, self.scale, dtype=dtype)
+            x = torch.full(self.shape, self.scale, dtype=dtype)
+            return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
         generator = torch.Generator().manual_seed(seed)
-        return torch.randn(self.shape, generator=generator, dtype=dtype) * self.scale
+        x = torch.randn(self.shape, generator=generator, dtype=dtype) * self.scale
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     def is_paper_configuration(self) -> bool:
         n, _, h, w = self.shape
@@ -95,6 +100,7 @@ def cases(draw: st.DrawFn) -> Case:
         track_running_stats=paper or draw(st.booleans()),
         scale=scale,
         constant=constant,
+        channels_last=draw(st.booleans()),
     )
 
 
@@ -134,11 +140,24 @@ def test_outputs_and_gradients_are_finite_and_follow_the_formula(case: Case, see
     x = case.input(seed).requires_grad_()
     expected = reference(layer, case, x.detach()) if case.is_paper_configuration() else None
     event(f"{case.kind}, compared with the formula: {expected is not None}")
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if case.precision == "bf16" else None
-    with autocast or contextlib.nullcontext():
+    twin = copy.deepcopy(layer)  # the same state, for the inference path
+
+    def autocast() -> contextlib.AbstractContextManager:
+        if case.precision == "bf16":
+            return torch.autocast("cpu", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    with autocast():
         out = layer(x)
     assert out.shape == x.shape and out.dtype == x.dtype
+    assert out.is_contiguous(memory_format=torch.channels_last) == x.is_contiguous(
+        memory_format=torch.channels_last
+    )
     assert bool(torch.isfinite(out).all()), case
+    with torch.no_grad(), autocast():
+        inferred = twin(x.detach())
+    bound = 1e-6 * (1.0 + float(out.detach().abs().max())) if out.numel() else 0.0
+    torch.testing.assert_close(inferred, out.detach(), rtol=1e-6, atol=bound)
     if expected is not None:
         torch.testing.assert_close(out.detach(), expected.detach(), rtol=1e-7, atol=1e-9)
     out.sum().backward()
