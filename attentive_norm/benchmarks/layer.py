@@ -33,6 +33,7 @@ from .common import (
     format_markdown,
     format_table,
     interleaved_times,
+    load_average,
     machine_info,
     num_threads,
     paired_ratio,
@@ -196,7 +197,7 @@ def benchmark_layers(
                     row[f"{name}_times_ms"] = [t * 1e3 for t in values]
                 _add_layer_ratios(row)
                 rows.append(row)
-        info["load_average_end"] = machine_info()["load_average"]
+        info["load_average_end"] = load_average()
     return {"kind": "layer", "machine": info, "rows": rows}
 
 
@@ -206,8 +207,8 @@ def _add_layer_ratios(row: dict[str, Any]) -> None:
 
     def ratio(a: str, b: str) -> None:
         key = f"{a}_over_{b}"
-        ratio, interval = paired_ratio(row.get(f"{a}_times_ms"), row.get(f"{b}_times_ms")) or (None, None)
-        row[key] = ratio
+        value, interval = paired_ratio(row.get(f"{a}_times_ms"), row.get(f"{b}_times_ms")) or (None, None)
+        row[key] = value
         row[f"{key}_interval"] = f"{interval[0]:.2f}-{interval[1]:.2f}" if interval else None
 
     ratio("an", "batchnorm")

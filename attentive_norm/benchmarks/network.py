@@ -35,6 +35,7 @@ from .common import (
     format_markdown,
     format_table,
     interleaved_times,
+    load_average,
     machine_info,
     num_threads,
     peak_memory_bytes,
@@ -224,7 +225,7 @@ def benchmark_networks(
                 row["state_mb"] = base / 2**20
                 row["train_peak_mb"] = (base + peak_memory_bytes(runner.train_step)) / 2**20
                 row["infer_peak_mb"] = (base + peak_memory_bytes(runner.infer_step)) / 2**20
-        info["load_average_end"] = machine_info()["load_average"]
+        info["load_average_end"] = load_average()
     add_ratios(rows, RATIO_KEYS)
     add_paired_ratios(rows, ("train_times_ms", "infer_times_ms"))
     return {"kind": "network", "machine": info, "rows": rows}
