@@ -17,6 +17,8 @@ from typing import Any
 
 import torch
 
+from ..layers.native import native_status
+
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 """``--dtype``: float32, or bfloat16 autocast (weights and statistics stay float32)."""
 
@@ -56,7 +58,8 @@ class Settings:
 
 
 def machine_info(settings: Settings | None = None) -> dict[str, Any]:
-    """The machine a result was measured on: CPU model, cores, threads, load, library versions."""
+    """The machine a result was measured on: CPU model, cores, threads, load, library versions, and
+    the AN layers' CPU inference route (the native kernel, or PyTorch operators and why)."""
     cpu = platform.processor() or platform.machine()
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -78,6 +81,7 @@ def machine_info(settings: Settings | None = None) -> dict[str, Any]:
 
         info["timm"] = timm.__version__
     info["attentive_norm"] = _package_version()
+    info["inference_route"] = native_status()
     if settings is not None:
         info["settings"] = dataclasses.asdict(settings)
     return info

@@ -126,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
     machine = result["machine"]
     header = (
         f"{machine['cpu']}, {settings.threads} threads, torch {machine['torch']}, "
-        f"attentive-norm {machine['attentive_norm']}, "
+        f"attentive-norm {machine['attentive_norm']}, AN inference route {machine['inference_route']}, "
         f"load average {machine['load_average']} -> {machine['load_average_end']}"
     )
     print(result["command"])

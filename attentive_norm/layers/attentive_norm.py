@@ -28,6 +28,7 @@ from .fused import (
     instance_moments,
     pooled_descriptor,
 )
+from .native import native_eval_forward
 from .stats import normalize_batch, register_running_stats, synced_normalize_batch
 
 # Helpers that branch on shapes or switch autocast become single nodes under torch.fx.symbolic_trace.
@@ -131,6 +132,20 @@ class _AttentiveNorm(nn.Module):
             a, b = self._coefficients(x, mean_hw, var_hw, mean, rstd)
             return instance_affine(x, a, b)
 
+        if not torch.is_grad_enabled():
+            standardisation = self._inference_standardisation()
+            if standardisation is not None:
+                params = self._parameters  # direct reads: see native_eval_forward
+                out = native_eval_forward(
+                    x,
+                    self._modules["attention"],
+                    params["mixture_weight"],
+                    params["mixture_bias"],
+                    standardisation,
+                )
+                if out is not None:
+                    return out
+
         def coefficients(mean_hw: Tensor, var_hw: Tensor) -> tuple[Tensor, Tensor]:
             mean, rstd = self._standardisation(x, mean_hw, var_hw)
             return self._coefficients(x, mean_hw, var_hw, mean, rstd)
@@ -139,6 +154,11 @@ class _AttentiveNorm(nn.Module):
 
     def _standardisation(self, x: Tensor, mean_hw: Tensor, var_hw: Tensor) -> tuple[Tensor, Tensor]:
         """``mean`` and ``rstd`` of the standardisation from the per-instance moments."""
+        raise NotImplementedError
+
+    def _inference_standardisation(self) -> tuple[Tensor | None, Tensor | None, int, float] | None:
+        """The standardisation as the native inference kernel takes it (``native_eval_forward``), or
+        None while it depends on the batch (statistics being learned)."""
         raise NotImplementedError
 
     def _load_from_state_dict(
@@ -275,6 +295,13 @@ class AttentiveBatchNorm2d(_AttentiveNorm):
             self.eps,
         )
 
+    @torch.jit.unused
+    def _inference_standardisation(self) -> tuple[Tensor | None, Tensor | None, int, float] | None:
+        buffers = self._buffers
+        if (self.training and not self.freeze_stats) or buffers["running_mean"] is None:
+            return None
+        return buffers["running_mean"], buffers["running_var"], 0, self.eps
+
     def freeze_statistics(self, frozen: bool = True) -> None:
         """ "norm_eval": standardise with the running statistics and stop updating them (main and logit
         BatchNorm alike), while the mixture and attention parameters keep training."""
@@ -369,6 +396,10 @@ class AttentiveGroupNorm(_AttentiveNorm):
     @torch.jit.unused
     def _standardisation(self, x: Tensor, mean_hw: Tensor, var_hw: Tensor) -> tuple[Tensor, Tensor]:
         return group_norm_statistics(x, mean_hw, var_hw, self.num_groups, self.eps)
+
+    @torch.jit.unused
+    def _inference_standardisation(self) -> tuple[Tensor | None, Tensor | None, int, float] | None:
+        return None, None, self.num_groups, self.eps
 
     def extra_repr(self) -> str:
         return (

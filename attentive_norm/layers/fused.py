@@ -325,7 +325,7 @@ class _FusedInstanceAffine(torch.autograd.Function):
         return (grad_x, None, *(next(param_grads) if need else None for need in need_params))
 
 
-def _plain_ops() -> bool:
+def plain_ops() -> bool:
     """True under ``torch.compile``/``torch.export`` and inside functorch transforms (``torch.func.grad``,
     ``vmap``, ...): plain differentiable ops then, which those trace, fuse and transform themselves."""
     return torch.compiler.is_compiling() or torch._C._functorch.peek_interpreter_stack() is not None
@@ -340,7 +340,7 @@ def fused_instance_affine(x: Tensor, coefficients, params: Iterable[Tensor]) -> 
     Eager training: one custom autograd node (``_FusedInstanceAffine``). Inference: the same maths
     without autograd. Under ``torch.compile``: plain ops, which inductor fuses and differentiates.
     """
-    if _plain_ops():
+    if plain_ops():
         mean, var = instance_moments(x)
         a, b = coefficients(mean, var)
         return instance_affine(x, a, b)
@@ -355,7 +355,7 @@ def fused_instance_affine(x: Tensor, coefficients, params: Iterable[Tensor]) -> 
 def instance_moments(x: Tensor) -> tuple[Tensor, Tensor]:
     """Mean and biased variance of each ``x[n, c]`` (N×C×H×W) over H×W, as two N×C tensors in float32 or
     wider; differentiable, saving only ``x``."""
-    if _plain_ops():
+    if plain_ops():
         # Inductor fuses the plain ops (a Welford reduction) and plans what to save by itself.
         var, mean = torch.var_mean(x.to(statistics_dtype(x)), dim=(2, 3), correction=0)
         return mean, var
@@ -367,7 +367,7 @@ def instance_moments(x: Tensor) -> tuple[Tensor, Tensor]:
 def instance_affine(x: Tensor, a: Tensor, b: Tensor) -> Tensor:
     """``a[:, :, None, None] * x + b[:, :, None, None]`` for N×C ``a`` and ``b`` (float32 or wider), in one
     pass, with ``x``'s dtype and memory format; differentiable in all three, saving only ``x`` and ``a``."""
-    if _plain_ops():
+    if plain_ops():
         return torch.addcmul(b[:, :, None, None], x.to(a.dtype), a[:, :, None, None]).to(x.dtype)
     if not (torch.is_grad_enabled() and (x.requires_grad or a.requires_grad or b.requires_grad)):
         return _affine(x, a, b)
