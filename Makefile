@@ -14,6 +14,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade pip
 	$(BIN)/python -m pip install -c constraints.txt -e ".[test]"
+	$(BIN)/python -m attentive_norm.layers.native  # compile the CPU inference kernel now, not mid-run
 	touch $@
 
 demo: install

@@ -218,10 +218,12 @@ class AttentiveBatchNorm2d(_AttentiveNorm):
         - ``freeze_statistics()`` ("norm_eval"): running statistics are used and not updated, while
           the mixture and attention keep learning. See ``convert.freeze_norm``.
 
-    Speed: eager training and inference take the fused path of ``fused.py`` (the statistics in one
-    reading pass, the output as one per-instance affine pass, one autograd node whose backward saves
-    only the input, as BatchNorm's does); gradients on that path are first order (no double backward).
-    TorchScript and layers with a ``process_group`` take the composite route (standardise, then mix).
+    Speed: inference on the CPU (no gradient recorded, running statistics) runs the native kernel of
+    ``native.py``, one call per layer; eager training, and inference elsewhere, take the fused path of
+    ``fused.py`` (the statistics in one reading pass, the output as one per-instance affine pass, one
+    autograd node whose backward saves only the input, as BatchNorm's does); gradients on that path
+    are first order (no double backward). TorchScript and layers with a ``process_group`` take the
+    composite route (standardise, then mix).
 
     Works with ``torch.compile(fullgraph=True)``, TorchScript, ONNX export (eval), channels_last and
     autocast (statistics, attention and mixture in float32; output in the input's dtype). Under

@@ -22,7 +22,8 @@ Only the full-size work is special; the N×C and N×K maths in between is ordina
   ``torch.autograd.grad``, then ``grad_x = a * g + q + p * x`` written once, in two passes. Saved for
   backward: ``x`` (BatchNorm saves its input too) and N×C tensors, so an AN layer holds no more
   activation memory than a BatchNorm.
-- Inference: the same forward without autograd bookkeeping.
+- Inference: the same forward without autograd bookkeeping (on the CPU the layers first try the
+  native kernel of ``native.py``, which does all of it in one call).
 - ``torch.compile``: plain ops (``var_mean``, ``addcmul``), which inductor fuses and differentiates.
 - ``torch.fx.symbolic_trace``: the steps as graph leaves (:func:`instance_moments`, the N×C functions,
   :func:`instance_affine`, each a custom autograd function saving only ``x``).

@@ -147,7 +147,7 @@ def native_eval_forward(
         or plain_ops()
         or x.device.type != "cpu"
         or x.dtype not in _DTYPES
-        or head.hidden_weight is not None
+        or head._parameters.get("hidden_weight") is not None
         or _hooked(head)
         or nn.modules.module._global_forward_hooks
         or nn.modules.module._global_forward_pre_hooks
@@ -156,7 +156,7 @@ def native_eval_forward(
     ):
         return None
     params = head._parameters
-    norm = head._modules["norm"]
+    norm = head._modules.get("norm")  # None-valued attributes are not in _modules
     if norm is None:
         logits: tuple = (None, None, None, None, 0.0)
     else:
