@@ -48,6 +48,11 @@ RESNET50_AN_LAYERS: tuple[tuple[int, int, int], ...] = (
 )
 """(channels, stride of the map relative to the image, K) of ResNet-50's AN layers, one per stage."""
 
+RESNET50_BLOCKS: dict[int, int] = {64: 3, 128: 4, 256: 6, 512: 3}
+"""How many AN layers of each width ResNet-50-AN has (one per bottleneck): the ``added_ms`` column is
+that many times the per-layer difference AN - BatchNorm, and their sum what the AN layers add to one
+pass of the network."""
+
 CANDIDATES: tuple[str, ...] = ("batchnorm", "an", "composite", "reference")
 PASSES: tuple[str, ...] = ("train", "forward", "eval")
 
@@ -63,6 +68,7 @@ COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("reference_over_an", "reference / AN", "{:.2f}"),
     ("reference_over_an_interval", "95% CI", "{}"),
     ("composite_over_an", "composite / AN", "{:.2f}"),
+    ("added_ms", "added in ResNet-50 (ms)", "{:.2f}"),
 )
 
 
@@ -196,9 +202,21 @@ def benchmark_layers(
                     row[f"{name}_ms"] = summarise_times(values)["median_ms"]
                     row[f"{name}_times_ms"] = [t * 1e3 for t in values]
                 _add_layer_ratios(row)
+                if "an_ms" in row and "batchnorm_ms" in row and c in RESNET50_BLOCKS:
+                    row["added_ms"] = RESNET50_BLOCKS[c] * (row["an_ms"] - row["batchnorm_ms"])
                 rows.append(row)
         info["load_average_end"] = load_average()
-    return {"kind": "layer", "machine": info, "rows": rows}
+    return {"kind": "layer", "machine": info, "rows": rows, "added_per_network_ms": added_per_network(rows)}
+
+
+def added_per_network(rows: Sequence[dict[str, Any]]) -> dict[str, float]:
+    """Per pass, the time ResNet-50-AN's AN layers add over the BatchNorms they replace: the sum of
+    the rows' ``added_ms`` (complete when the rows cover the four widths)."""
+    totals: dict[str, float] = {}
+    for row in rows:
+        if row.get("added_ms") is not None:
+            totals[row["pass"]] = totals.get(row["pass"], 0.0) + row["added_ms"]
+    return totals
 
 
 def _add_layer_ratios(row: dict[str, Any]) -> None:

@@ -115,6 +115,8 @@ def run(args: argparse.Namespace) -> int:
     if args.layer:
         result = benchmark_layers(settings, log=log)
         table, markdown = layer_table(result), layer_table(result, markdown=True)
+        added = ", ".join(f"{name} {ms:.2f} ms" for name, ms in result["added_per_network_ms"].items())
+        table += f"\nAN layers add to one ResNet-50 pass (sum of 'added'): {added}"
     else:
         if args.models:
             models = [m.strip() for m in args.models.split(",") if m.strip()]

@@ -24,6 +24,7 @@ from attentive_norm.benchmarks.common import (
 from attentive_norm.benchmarks.layer import PASSES, benchmark_layers, layer_shapes
 from attentive_norm.benchmarks.network import RATIO_KEYS, benchmark_networks, build_model, unique_labels
 from attentive_norm.cli.main import main
+from attentive_norm.layers import native
 from attentive_norm.models.flops import count_params
 
 TINY = Settings(batch_size=2, image_size=32, threads=1, warmup=0, iterations=2)
@@ -176,6 +177,12 @@ def test_layer_benchmark_rows(dtype: str) -> None:
         # One round: the paired ratio is the ratio of the two times.
         assert row["an_over_batchnorm"] == pytest.approx(row["an_ms"] / row["batchnorm_ms"])
         assert row["reference_over_an"] == pytest.approx(row["reference_ms"] / row["an_ms"])
+        # ResNet-50-AN has 6 AN layers of 256 channels and 3 of 512.
+        blocks = {256: 6, 512: 3}[int(row["shape"].split("×")[1])]
+        assert row["added_ms"] == pytest.approx(blocks * (row["an_ms"] - row["batchnorm_ms"]))
+    for which in PASSES:
+        expected = sum(r["added_ms"] for r in rows if r["pass"] == which)
+        assert result["added_per_network_ms"][which] == pytest.approx(expected)
 
 
 def test_cli_writes_json_csv_markdown_and_png(tmp_path, capsys) -> None:
@@ -194,8 +201,10 @@ def test_cli_writes_json_csv_markdown_and_png(tmp_path, capsys) -> None:
 
     argv = ["benchmark", "--layer", "--quick", "--threads", "1", "--output", str(out), "--name", "layer"]
     assert main(argv) == 0
+    assert "AN layers add to one ResNet-50 pass" in capsys.readouterr().out
     result = json.loads((out / "layer.json").read_text())
     assert result["kind"] == "layer" and len(result["rows"]) == 4 * len(PASSES)
+    assert result["machine"]["inference_route"] == native.native_status()
     with open(out / "layer.csv") as f:
         assert len(list(csv.DictReader(f))) == 4 * len(PASSES)
     assert (out / "layer.png").stat().st_size > 0 and "AN / BN" in (out / "layer.md").read_text()

@@ -180,10 +180,8 @@ def test_frozen_statistics_take_the_kernel_in_training_mode(routes: list[bool]) 
     "situation", ["training", "gradients", "mlp_head", "head_hook", "logit_norm_learning"]
 )
 def test_pytorch_route_where_the_kernel_does_not_apply(situation: str, routes: list[bool]) -> None:
-    layer = _trained(
-        AttentiveBatchNorm2d(8, 4, attention="mlp_hsigmoid" if situation == "mlp_head" else "conv_bn_hsigmoid"),
-        8,
-    )
+    head = "mlp_hsigmoid" if situation == "mlp_head" else "conv_bn_hsigmoid"
+    layer = _trained(AttentiveBatchNorm2d(8, 4, attention=head), 8)
     seen: list[Tensor] = []
     if situation == "training":
         layer.train()
