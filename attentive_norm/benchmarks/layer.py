@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from ..layers import AttentiveBatchNorm2d
-from ..layers.reference import reference_attentive_batch_norm
+from ..layers.reference import reference_for_layer
 from .common import (
     Settings,
     format_markdown,
@@ -91,24 +91,7 @@ class _Reference(nn.Module):
         self.layer = layer
 
     def forward(self, x: Tensor) -> Tensor:
-        layer = self.layer
-        head = layer.attention
-        return reference_attentive_batch_norm(
-            x,
-            layer.mixture_weight,
-            layer.mixture_bias,
-            head.weight,
-            head.norm.weight,
-            head.norm.bias,
-            layer.running_mean,
-            layer.running_var,
-            head.norm.running_mean,
-            head.norm.running_var,
-            self.training,
-            layer.momentum,
-            layer.eps,
-            head.pooling_eps,
-        ).to(x.dtype)
+        return reference_for_layer(self.layer, x, self.training)
 
 
 def layer_shapes(batch_size: int, image_size: int) -> list[tuple[int, int, int, int, int]]:

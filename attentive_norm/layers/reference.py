@@ -65,6 +65,29 @@ def reference_attentive_batch_norm(
     return gamma[:, :, None, None] * xhat + beta[:, :, None, None]
 
 
+def reference_for_layer(layer: torch.nn.Module, x: Tensor, training: bool) -> Tensor:
+    """:func:`reference_attentive_batch_norm` with the tensors and settings of an
+    ``AttentiveBatchNorm2d`` with the paper's head (in training it updates the layer's running
+    statistics, as the layer does)."""
+    head = layer.attention
+    return reference_attentive_batch_norm(
+        x,
+        layer.mixture_weight,
+        layer.mixture_bias,
+        head.weight,
+        head.norm.weight,
+        head.norm.bias,
+        layer.running_mean,
+        layer.running_var,
+        head.norm.running_mean,
+        head.norm.running_var,
+        training,
+        layer.momentum,
+        layer.eps,
+        head.pooling_eps,
+    )
+
+
 def reference_attentive_group_norm(
     x: Tensor,
     num_groups: int,

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from attentive_norm import AttentiveBatchNorm2d, AttentiveGroupNorm
 from attentive_norm.layers import attentive_norm as an_module
 from attentive_norm.layers import native
-from attentive_norm.layers.reference import reference_attentive_batch_norm
+from attentive_norm.layers.reference import reference_for_layer
 
 FORMATS = {"nchw": torch.contiguous_format, "channels_last": torch.channels_last}
 TOLERANCES = {
@@ -105,22 +105,9 @@ def test_native_matches_pytorch_route(
 def test_native_matches_the_paper_formula_in_float64(routes: list[bool]) -> None:
     layer = _trained(AttentiveBatchNorm2d(12, 7), 12).double()
     x = torch.randn(5, 12, 6, 3, dtype=torch.float64) * 3.0 - 1.0
-    head = layer.attention
     with torch.no_grad():
         out = layer(x)
-        expected = reference_attentive_batch_norm(
-            x,
-            layer.mixture_weight,
-            layer.mixture_bias,
-            head.weight,
-            head.norm.weight,
-            head.norm.bias,
-            layer.running_mean,
-            layer.running_var,
-            head.norm.running_mean,
-            head.norm.running_var,
-            training=False,
-        )
+        expected = reference_for_layer(layer, x, training=False)
     assert routes == [True]
     torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-11)
 
@@ -139,19 +126,7 @@ def test_moments_stay_accurate_far_from_zero_and_around_outliers(
     layer_64 = copy.deepcopy(layer).double()
     with torch.no_grad():
         out = layer(x)
-        expected = reference_attentive_batch_norm(
-            x.double(),
-            layer_64.mixture_weight,
-            layer_64.mixture_bias,
-            layer_64.attention.weight,
-            layer_64.attention.norm.weight,
-            layer_64.attention.norm.bias,
-            layer_64.running_mean,
-            layer_64.running_var,
-            layer_64.attention.norm.running_mean,
-            layer_64.attention.norm.running_var,
-            training=False,
-        )
+        expected = reference_for_layer(layer_64, x.double(), training=False)
     assert routes == [True]
     tolerance = {"rtol": 1e-4, "atol": 1e-4} if dtype == torch.float32 else {"rtol": 1e-9, "atol": 1e-9}
     torch.testing.assert_close(out.double(), expected, **tolerance)
