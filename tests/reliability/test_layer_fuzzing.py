@@ -2,8 +2,8 @@
 attention heads and poolings, float32, float64 and bf16 autocast, NCHW and channels_last, train and
 eval, and inputs of any magnitude from 1e-30 to 1e30 (squares overflow float32 beyond 1e19) or
 constant: the output has the input's shape, dtype and memory format, it and every gradient are finite,
-the inference path (no autograd) gives the same output, and in float64 the paper's configuration
-equals the line-by-line formula (layers/reference.py).
+the inference path (no autograd; the native kernel on the CPU) gives the same output, and in float64
+the paper's configuration equals the line-by-line formula (layers/reference.py).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from attentive_norm import AttentiveBatchNorm2d, AttentiveGroupNorm
 from attentive_norm.layers import ATTENTION_HEADS, POOLINGS
+from attentive_norm.layers.fused import ONE_PASS_CONDITION
 from attentive_norm.layers.reference import reference_attentive_batch_norm, reference_attentive_group_norm
 
 FUZZ = settings(max_examples=120, deadline=5000)
@@ -174,13 +175,17 @@ def test_outputs_and_gradients_are_finite_and_follow_the_formula(case: Case, see
     assert bool(torch.isfinite(out).all()), case
     with torch.no_grad(), autocast():
         inferred = twin(x.detach())
-    bound = 1e-6 * (1.0 + float(out.detach().abs().max())) if out.numel() else 0.0
+    # The native inference kernel and the autograd route compute the moments differently (shifted
+    # sums; sum and sum of squares, whose variance may be off by ONE_PASS_CONDITION, relative, by
+    # design): their outputs agree to that.
+    tolerance = 2 * ONE_PASS_CONDITION
+    bound = tolerance * (1.0 + float(out.detach().abs().max())) if out.numel() else 0.0
     if case.constant:
         # Standardising a constant leaves only the rounding of its mean, amplified by rsqrt(eps): the
         # native inference kernel (exact here) and the autograd route may differ by that much.
         mean_rounding = 4 * torch.finfo(x.dtype).eps * abs(case.scale) / layer.eps**0.5
         bound += mean_rounding * float(layer.mixture_weight.detach().abs().sum(dim=0).max())
-    torch.testing.assert_close(inferred, out.detach(), rtol=1e-6, atol=bound)
+    torch.testing.assert_close(inferred, out.detach(), rtol=tolerance, atol=bound)
     if expected is not None:
         torch.testing.assert_close(out.detach(), expected.detach(), rtol=1e-7, atol=1e-9)
     out.sum().backward()
