@@ -6,7 +6,7 @@ that costs two passes over the input and forty dispatches, about 1 ms per layer 
 BatchNorm costs one pass. The kernel does it in one call, instance by instance (moments, N×C maths,
 then the affine map while the instance is still in cache).
 
-It is compiled on first use with ``torch.utils.cpp_extension`` (about a minute, once per machine and
+It is compiled on first use with ``torch.utils.cpp_extension`` (about 25 s, once per machine and
 torch version; ``make install`` does it ahead) and cached under ``TORCH_EXTENSIONS_DIR``
 (default ``~/.cache/torch_extensions``). Where it cannot be built (no C++ compiler) the layers keep
 the PyTorch route, with one warning; ``ATTENTIVE_NORM_NATIVE=0`` turns it off. It runs only where no
@@ -83,7 +83,7 @@ def _load() -> None:
     name = _build_name()
     folder = Path(cpp_extension._get_build_directory(name, verbose=False))
     if not any(folder.glob(f"{name}*.so")):
-        _log.warning("attentive-norm: compiling the native CPU kernel (once per machine, about a minute)")
+        _log.warning("attentive-norm: compiling the native CPU kernel (once per machine, about 25 s)")
     cpp_extension.load(
         name=name,
         sources=[str(_SOURCE)],
