@@ -73,7 +73,7 @@ struct Head {
   int64_t channels, mixtures, groups, pooling, gate;  // groups 0: BatchNorm with running statistics
   acc_t eps, pooling_eps, logit_eps;
   const acc_t* running_mean;  // C (BatchNorm)
-  const acc_t* running_var;
+  const acc_t* running_rstd;  // C: 1 / sqrt(running_var + eps), computed once per call
   const acc_t* weight;        // K×C projection
   const acc_t* bias;          // K or nullptr
   const acc_t* logit_mean;    // K or nullptr: no logit BatchNorm
@@ -196,7 +196,7 @@ void coefficients(const Head<acc_t>& h, int64_t hw, const acc_t* mean, const acc
   if (h.groups == 0) {  // BatchNorm with running statistics
 #pragma omp simd
     for (int64_t c = 0; c < C; ++c) {
-      a[c] /= std::sqrt(h.running_var[c] + h.eps);
+      a[c] *= h.running_rstd[c];
       b[c] -= h.running_mean[c] * a[c];
     }
     return;
@@ -337,6 +337,11 @@ Tensor eval_forward(const Tensor& x, const std::optional<Tensor>& running_mean,
     std::vector<Tensor> keep;
     auto ptr = [&](const std::optional<Tensor>& t) { return static_cast<const acc_t*>(prepared(t, acc, keep)); };
     const bool logit_norm = logit_mean.has_value() && logit_mean->defined();
+    std::vector<acc_t> running_rstd;
+    if (groups == 0) {
+      const acc_t* running = ptr(running_var);
+      for (int64_t c = 0; c < C; ++c) running_rstd.push_back(acc_t(1) / std::sqrt(running[c] + acc_t(eps)));
+    }
     Head<acc_t> head{C,
                      K,
                      groups,
@@ -346,7 +351,7 @@ Tensor eval_forward(const Tensor& x, const std::optional<Tensor>& running_mean,
                      static_cast<acc_t>(pooling_eps),
                      static_cast<acc_t>(logit_eps),
                      groups > 0 ? nullptr : ptr(running_mean),
-                     groups > 0 ? nullptr : ptr(running_var),
+                     groups > 0 ? nullptr : running_rstd.data(),
                      ptr(weight),
                      ptr(bias),
                      logit_norm ? ptr(logit_mean) : nullptr,
