@@ -14,7 +14,8 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade pip
 	$(BIN)/python -m pip install -c constraints.txt -e ".[test]"
-	$(BIN)/python -m attentive_norm.layers.native  # compile the CPU inference kernel now, not mid-run
+	# compile the AN layers' CPU inference kernel now, not in the middle of a run
+	$(BIN)/python -c "from attentive_norm.layers.native import native_status as s; print('AN inference route:', s())"
 	touch $@
 
 demo: install

@@ -187,7 +187,3 @@ def native_eval_forward(
         mixture_bias,
     )
 
-
-if __name__ == "__main__":  # python -m attentive_norm.layers.native: build ahead (make install does)
-    logging.basicConfig(format="%(message)s")
-    print(f"attentive-norm inference route on the CPU: {native_status()}")
