@@ -22,6 +22,7 @@ import os
 import platform
 import threading
 from pathlib import Path
+from types import ModuleType
 
 import torch
 from torch import Tensor, nn
@@ -76,9 +77,21 @@ def _ninja_on_path() -> None:
         os.environ["PATH"] = folder + os.pathsep + os.environ.get("PATH", "")
 
 
-def _load() -> None:
-    from torch.utils import cpp_extension
+def _import_cpp_extension() -> ModuleType:
+    """``torch.utils.cpp_extension``, imported without its CUDA-discovery warning ("No CUDA runtime is
+    found, using CUDA_HOME=..." on any machine with nvcc and no GPU): the kernel is CPU-only."""
+    logger = logging.getLogger("torch.utils.cpp_extension")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        from torch.utils import cpp_extension
+    finally:
+        logger.setLevel(level)
+    return cpp_extension
 
+
+def _load() -> None:
+    cpp_extension = _import_cpp_extension()
     _ninja_on_path()
     name = _build_name()
     folder = Path(cpp_extension._get_build_directory(name, verbose=False))
@@ -186,4 +199,3 @@ def native_eval_forward(
         mixture_weight,
         mixture_bias,
     )
-

@@ -7,6 +7,10 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -225,3 +229,21 @@ def test_kernel_rejects_mismatched_parameters() -> None:
             layer.mixture_weight,
             layer.mixture_bias,
         )
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="torch warns only where CUDA is unavailable")
+def test_loading_the_kernel_does_not_print_the_cuda_discovery_warning(tmp_path: Path) -> None:
+    # torch.utils.cpp_extension warns "No CUDA runtime is found, using CUDA_HOME=..." at import on any
+    # machine with a CUDA toolkit and no GPU; the kernel is CPU-only, so a user should not see it.
+    env = {**os.environ, "CUDA_HOME": str(tmp_path)}
+
+    def stderr_of(code: str) -> str:
+        return subprocess.run(
+            [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+        ).stderr
+
+    warning = "No CUDA runtime is found"
+    assert warning in stderr_of("import torch.utils.cpp_extension")  # the control: torch does warn
+    assert warning not in stderr_of(
+        "from attentive_norm.layers import native; native._import_cpp_extension()"
+    )
