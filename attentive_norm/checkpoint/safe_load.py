@@ -26,6 +26,9 @@ from .errors import CorruptCheckpointError, UnsafeCheckpointError
 _ZIP_MAGIC = b"PK\x03\x04"
 _GLOBAL_RE = re.compile(r"GLOBAL\s+([\w.]+)")
 _LEGACY_PICKLES = 5
+_TORCH_MODULES = ("torch.", "collections.", "_codecs.")
+_INERT_BUILTINS = {f"builtins.{t}" for t in ("set", "frozenset", "slice", "complex", "bytearray")}
+_REASON_MARK = "WeightsUnpickler error:"
 
 
 def safe_torch_load(path: str | os.PathLike, *, allowed_globals: Sequence[Any] = ()) -> Any:
@@ -52,13 +55,27 @@ def safe_torch_load(path: str | os.PathLike, *, allowed_globals: Sequence[Any] =
             return torch.load(path, weights_only=True, map_location="cpu")
     except pickle.UnpicklingError as exc:
         found = _GLOBAL_RE.search(str(exc))
-        # A legacy pickle cut inside a GLOBAL opcode also reads as an odd global: tell the two apart.
-        if found and (is_zip or _legacy_pickles_complete(path)):
+        refused = found.group(1) if found else None
+        named = [] if is_zip else _pickled_globals(path)
+        # A legacy pickle cut inside a GLOBAL opcode also reads as an odd global: only a global that
+        # the file names in a whole opcode makes it unsafe rather than damaged.
+        if refused and (is_zip or any(n == refused or n.endswith(f".{refused}") for n in named)):
             raise UnsafeCheckpointError(
-                f"{path}: refusing to load: it needs the global {found.group(1)!r}, which is not an "
+                f"{path}: refusing to load: it needs the global {refused!r}, which is not an "
                 "allowed tensor/container type; unpickling it could run code from the file"
             ) from exc
-        raise CorruptCheckpointError(f"{path}: not a readable checkpoint (corrupt pickle): {exc}") from exc
+        if refused:
+            raise CorruptCheckpointError(f"{path}: damaged: its pickle breaks off in a name") from exc
+        # torch stopped before any global (e.g. a plain pickle.dump file): say what it would have called.
+        foreign = [n for n in named if not n.startswith(_TORCH_MODULES) and n not in _INERT_BUILTINS]
+        if foreign:
+            raise UnsafeCheckpointError(
+                f"{path}: refusing to load: not a torch.save file, and its pickle needs the global "
+                f"{foreign[0]!r}; unpickling it could run code from the file"
+            ) from exc
+        raise CorruptCheckpointError(
+            f"{path}: not a PyTorch checkpoint, or a damaged one ({_unpickler_reason(exc)})"
+        ) from exc
     except (FileNotFoundError, PermissionError, IsADirectoryError):
         raise
     except Exception as exc:  # anything else while decoding a safely-unpickled file means it is damaged
@@ -81,19 +98,33 @@ def _verify_zip(path: Path) -> None:
         raise CorruptCheckpointError(f"{path}: record {bad!r} fails its CRC check (the file is corrupt)")
 
 
-def _legacy_pickles_complete(path: Path) -> bool:
-    """Whether the legacy format's pickles (magic, protocol, sys info, object, storage keys) are whole.
-
-    Parses opcodes only (``pickletools``), never builds objects, so nothing from the file runs.
-    """
+def _pickled_globals(path: Path) -> list[str]:
+    """The globals (``module.name``) that the file's pickles name, in order, up to the first damaged
+    opcode. Parses opcodes only (``pickletools``), never builds objects, so nothing from the file runs."""
+    names: list[str] = []
+    strings: list[str] = []  # STACK_GLOBAL takes its module and name from the two strings before it
     try:
         with open(path, "rb") as f:
             for _ in range(_LEGACY_PICKLES):
-                for _op in pickletools.genops(f):
-                    pass
+                for opcode, argument, _position in pickletools.genops(f):
+                    if opcode.name == "GLOBAL":
+                        names.append(argument.replace(" ", ".").replace("__builtin__.", "builtins."))
+                    elif opcode.name == "STACK_GLOBAL" and len(strings) >= 2:
+                        names.append(".".join(strings[-2:]))
+                    elif isinstance(argument, str):
+                        strings.append(argument)
     except (ValueError, EOFError):
-        return False
-    return True
+        pass
+    return names
+
+
+def _unpickler_reason(exc: BaseException) -> str:
+    """The unpickler's own reason, without torch's advice around it (which suggests
+    ``weights_only=False``, the one thing never to do with a file that fails here)."""
+    text = str(exc)
+    if _REASON_MARK in text:
+        text = text.split(_REASON_MARK, 1)[1].strip()
+    return _first_line(Exception(text))
 
 
 def _first_line(exc: BaseException) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 from pathlib import Path
 
 import pytest
@@ -60,10 +61,25 @@ def test_bit_flip_in_zip_tensor_data_is_detected(tmp_path: Path) -> None:
         safe_torch_load(flipped)
 
 
-def test_not_a_checkpoint(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "content",
+    [b"hello, this is not a pickle\n", b"<html><body>404 Not Found</body></html>\n", os.urandom(4096)],
+    ids=["text", "html", "random"],
+)
+def test_not_a_checkpoint(tmp_path: Path, content: bytes) -> None:
     path = tmp_path / "notes.txt"
-    path.write_text("hello, this is not a pickle\n")
-    with pytest.raises(CorruptCheckpointError, match=r"notes\.txt"):
+    path.write_bytes(content)
+    with pytest.raises(CorruptCheckpointError, match=r"notes\.txt") as info:
+        safe_torch_load(path)
+    message = str(info.value)
+    assert "\n" not in message and "weights_only" not in message  # one line, no advice to load unsafely
+
+
+def test_a_pickle_of_plain_containers_is_not_called_unsafe(tmp_path: Path) -> None:
+    path = tmp_path / "plain.pkl"
+    with open(path, "wb") as f:
+        pickle.dump({"w": [1.0, 2.0], "tags": {"a", "b"}}, f, protocol=4)
+    with pytest.raises(CorruptCheckpointError, match=r"plain\.pkl: not a PyTorch checkpoint"):
         safe_torch_load(path)
 
 

@@ -42,6 +42,21 @@ def test_code_in_plain_checkpoint_never_runs(tmp_path: Path, fmt: str, payload: 
 
 
 @pytest.mark.parametrize("payload", [RunsShell, RunsPython])
+@pytest.mark.parametrize("protocol", [2, 4, pickle.HIGHEST_PROTOCOL])
+def test_code_in_a_plain_pickle_is_called_unsafe(tmp_path: Path, payload: type, protocol: int) -> None:
+    # pickle.dump (not torch.save): torch's unpickler stops before any global, so the error must come
+    # from reading the opcodes, and it must not be "corrupt" with torch's advice to pass weights_only=False.
+    marker = tmp_path / "marker"
+    path = tmp_path / "evil.pth"
+    with open(path, "wb") as f:
+        pickle.dump({"state_dict": {"w": payload(marker)}}, f, protocol=protocol)
+    with pytest.raises(UnsafeCheckpointError, match=r"evil\.pth.*(system|exec)") as info:
+        safe_torch_load(path)
+    assert "weights_only" not in str(info.value)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("payload", [RunsShell, RunsPython])
 def test_code_inside_authors_format_never_runs(tiny: nn.Module, tmp_path: Path, payload: type) -> None:
     """The apex allow-list opens the door for the loss scaler stand-in only, not for anything else."""
     marker = tmp_path / "marker"
