@@ -16,6 +16,9 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     DataError,
     CheckpointError,
     FileNotFoundError,
+    IsADirectoryError,
+    NotADirectoryError,
+    PermissionError,
     FloatingPointError,
 )
 

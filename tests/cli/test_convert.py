@@ -113,3 +113,9 @@ def test_unknown_model(source: torch.nn.Module, tmp_path: Path, capsys) -> None:
     write_official_checkpoint(*official_state_from_model(source), src)
     assert main(["convert", str(src), str(tmp_path / "o.safetensors"), "--model", "resnet5O_an"]) == 2
     assert "unknown model 'resnet5O_an'" in capsys.readouterr().err
+
+
+def test_a_folder_as_source_is_one_line(tmp_path: Path, capsys) -> None:
+    assert main(["convert", str(tmp_path), str(tmp_path / "o.safetensors"), "--model", MODEL]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("attentive-norm: error:") and "Is a directory" in err and "Traceback" not in err
