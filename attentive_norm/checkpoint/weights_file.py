@@ -4,7 +4,8 @@ safetensors never unpickles (the header is JSON, the payload raw bytes), so load
 code, but it has no checksum: a flipped bit in a tensor would load silently. ``save_weights`` records
 a SHA-256 in the metadata, over the rest of the header (tensor names, dtypes, shapes, offsets and the
 other metadata) and the payload (every byte after the header); ``load_weights`` verifies it before
-decoding anything, so a damaged file is refused as a whole, never half loaded.
+decoding anything, so a damaged file is refused as a whole, never half loaded. Other tools'
+safetensors files (no hash) load without that check.
 """
 
 from __future__ import annotations
@@ -57,23 +58,23 @@ def save_weights(
 
 
 def load_weights(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[str, str]]:
-    """Read a file written by :func:`save_weights`: ``(tensors, metadata)``, on the CPU.
+    """Read a safetensors file: ``(tensors, metadata)``, on the CPU.
+
+    Ours (written by :func:`save_weights`) are verified against their SHA-256 first. Another tool's
+    (timm, Hugging Face) carry no hash and are read as they are; safetensors still checks the layout.
 
     Raises:
         CorruptCheckpointError: the file is truncated, its header is damaged or its payload does not
-            match the recorded SHA-256 (or it has none: not written by ``save_weights``).
+            match the recorded SHA-256 (or one of ours has lost it).
     """
     path = Path(path)
     data = path.read_bytes()
     header, payload = _split(data, path)
     metadata = header.get("__metadata__") or {}
     expected = metadata.get("sha256")
-    if not expected:
-        raise CorruptCheckpointError(
-            f"{path}: no sha256 in the safetensors metadata, so its integrity cannot be checked "
-            "(not written by attentive_norm.save_weights)"
-        )
-    actual = _digest(header, payload)
+    if not expected and metadata.get("format") == FORMAT_NAME:
+        raise CorruptCheckpointError(f"{path}: the sha256 our weight files carry is missing: damaged")
+    actual = _digest(header, payload) if expected else None
     if actual != expected:
         raise CorruptCheckpointError(
             f"{path}: header or tensor payload fails its SHA-256 check (recorded {expected[:12]}..., "

@@ -90,8 +90,19 @@ def test_header_bit_flip_is_detected(tiny: nn.Module, tmp_path: Path) -> None:
             load_weights(bad)
 
 
-def test_foreign_safetensors_without_hash_is_refused(tmp_path: Path) -> None:
+def test_another_tools_safetensors_loads_without_a_hash(tmp_path: Path) -> None:
     path = tmp_path / "foreign.safetensors"
-    safetensors.torch.save_file({"w": torch.ones(2)}, path)
-    with pytest.raises(CorruptCheckpointError, match=r"foreign\.safetensors.*no sha256"):
-        load_weights(path)
+    safetensors.torch.save_file({"w": torch.arange(3.0)}, path, metadata={"format": "pt"})
+    tensors, metadata = load_weights(path)
+    assert torch.equal(tensors["w"], torch.arange(3.0)) and metadata == {"format": "pt"}
+
+
+def test_ours_without_its_hash_is_refused(tiny: nn.Module, tmp_path: Path) -> None:
+    path = tmp_path / "w.safetensors"
+    save_weights(tiny, path)
+    tensors, metadata = load_weights(path)
+    del metadata["sha256"]
+    stripped = tmp_path / "stripped.safetensors"
+    safetensors.torch.save_file(tensors, stripped, metadata=metadata)
+    with pytest.raises(CorruptCheckpointError, match=r"stripped\.safetensors.*sha256.*missing"):
+        load_weights(stripped)
