@@ -8,9 +8,21 @@ from torch import Tensor, nn
 
 from ..models.official_keys import to_official_key_names
 
-WRAPPER_PREFIXES: tuple[str, ...] = ("module.", "network.")
-"""Prefixes added by wrappers: DDP/DataParallel (``module.``) and the authors' fp16 wrapper
-(``network.``); the authors' files carry both, ``module.network.``."""
+WRAPPER_PREFIXES: tuple[str, ...] = ("module.", "network.", "_orig_mod.")
+"""Prefixes added by wrappers: DDP/DataParallel (``module.``), the authors' fp16 wrapper
+(``network.``; their files carry both, ``module.network.``) and ``torch.compile`` (``_orig_mod.``)."""
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The model inside DataParallel/DistributedDataParallel (``.module``) and ``torch.compile``
+    (``._orig_mod``) wrappers, which share its parameters: loading into it loads into the wrapper."""
+    while True:
+        if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+            model = model.module
+        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):
+            model = model._orig_mod
+        else:
+            return model
 
 
 def strip_wrapper_prefixes(

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from torch import Tensor, nn
 
 from .errors import CheckpointMismatchError
-from .keys import parameter_key_names, strip_wrapper_prefixes, to_model_key_names
+from .keys import parameter_key_names, strip_wrapper_prefixes, to_model_key_names, unwrap_model
 from .masters import apply_fp32_masters
 from .sources import CheckpointContents, read_checkpoint
 
@@ -54,6 +54,7 @@ def load_checkpoint(
     ``model``, casting to the model's dtypes.
 
     Args:
+        model: the model, or a DataParallel/DDP/``torch.compile`` wrapper of it.
         path: the file, or its contents already read with :func:`.sources.read_checkpoint`.
         strict: if set (default), every model key must be in the checkpoint and vice versa. With
             ``strict=False`` missing/unexpected keys are allowed and listed in the result; shape
@@ -67,6 +68,7 @@ def load_checkpoint(
         CorruptCheckpointError, UnsafeCheckpointError, CheckpointError: see :mod:`.sources`.
     """
     contents = path if isinstance(path, CheckpointContents) else read_checkpoint(path)
+    model = unwrap_model(model)
     model_state = model.state_dict()
     state = strip_wrapper_prefixes(contents.state_dict, model_state)
     weights, note = "stored", "weights as stored in the file"
@@ -79,6 +81,7 @@ def load_checkpoint(
         else:
             note = "fp16 weights used (use_fp32_master=False)"
     state = to_model_key_names(state, model_state)
+    state = {k: v for k, v in state.items() if not _counter_the_model_does_not_keep(k, model_state)}
 
     missing = [k for k in model_state if k not in state]
     unexpected = [k for k in state if k not in model_state]
@@ -108,6 +111,14 @@ def load_checkpoint(
         unexpected_keys=tuple(unexpected),
         metadata=contents.metadata,
     )
+
+
+def _counter_the_model_does_not_keep(key: str, model_state: dict[str, Tensor]) -> bool:
+    """A BatchNorm's ``num_batches_tracked`` for a layer that keeps running statistics but no counter
+    (torchvision's ``FrozenBatchNorm2d``, e.g. after ``freeze_norm(model, "all")``), which ignores it."""
+    layer, _, name = key.rpartition(".")
+    prefix = f"{layer}." if layer else ""
+    return name == "num_batches_tracked" and key not in model_state and f"{prefix}running_mean" in model_state
 
 
 def _mismatch_message(

@@ -169,10 +169,8 @@ def build_backbone(
             the classifier is dropped; ``None`` starts from random weights.
         out_indices: entries of the model's ``feature_info`` to feed the FPN; default
             :func:`default_out_indices`.
-        model_kwargs: passed to the zoo builder (e.g. ``num_mixtures``); ``num_classes`` must match
-            the checkpoint's classifier (default 1000, ImageNet).
+        model_kwargs: passed to the zoo builder (e.g. ``num_mixtures``).
     """
-    model_kwargs.setdefault("num_classes", 1000)
     model = create_model(name, pretrained=str(pretrained) if pretrained else None, **model_kwargs)
     if not hasattr(model, "feature_info"):
         raise ValueError(f"zoo model {name!r} has no feature_info, so it cannot feed an FPN")

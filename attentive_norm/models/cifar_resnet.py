@@ -172,24 +172,24 @@ def _cifar_resnet(depth: int, num_classes: int, an: bool, **kwargs) -> nn.Module
 
 
 @register_model
-def resnet20(num_classes: int = 1000, **kwargs) -> nn.Module:
+def resnet20(num_classes: int = 10, **kwargs) -> nn.Module:
     """CIFAR ResNet-20 with BatchNorm (option-A shortcuts): 269,722 parameters for 10 classes."""
     return _cifar_resnet(20, num_classes, an=False, **kwargs)
 
 
 @register_model
-def resnet56(num_classes: int = 1000, **kwargs) -> nn.Module:
+def resnet56(num_classes: int = 10, **kwargs) -> nn.Module:
     """CIFAR ResNet-56 with BatchNorm (option-A shortcuts): 853,018 parameters for 10 classes."""
     return _cifar_resnet(56, num_classes, an=False, **kwargs)
 
 
 @register_model
-def resnet20_an(num_classes: int = 1000, **kwargs) -> nn.Module:
+def resnet20_an(num_classes: int = 10, **kwargs) -> nn.Module:
     """CIFAR ResNet-20 with AN at ``bn1`` of each block (``placement="bn12"``: also ``bn2``), K = 5,5,10."""
     return _cifar_resnet(20, num_classes, an=True, **kwargs)
 
 
 @register_model
-def resnet56_an(num_classes: int = 1000, **kwargs) -> nn.Module:
+def resnet56_an(num_classes: int = 10, **kwargs) -> nn.Module:
     """CIFAR ResNet-56 with AN at ``bn1`` of each block (``placement="bn12"``: also ``bn2``), K = 5,5,10."""
     return _cifar_resnet(56, num_classes, an=True, **kwargs)

@@ -8,8 +8,10 @@ timm: ``timm.create_model("resnet50")`` is still timm's; use ``attentive_norm.cr
 ``import attentive_norm`` calls :func:`install`, which must stay cheap and never fail: if timm is
 already imported the models are registered at once, otherwise a one-shot import hook registers them
 right after ``timm`` is first imported (importing timm eagerly would cost seconds). The entry points
-download nothing: ``pretrained=True`` is refused; load checkpoints with ``checkpoint_path=...`` or with
-``attentive_norm.create_model(name, pretrained=<path>)``, which also reads the authors' files.
+download nothing: ``pretrained=True`` is refused. ``attentive_norm.create_model(name, pretrained=<path>)``
+reads every checkpoint; timm's ``checkpoint_path=...`` reads our safetensors files and plain state
+dicts, not the authors' apex files (timm's weights-only load refuses their pickled apex class; convert
+them with ``attentive-norm convert``).
 """
 
 from __future__ import annotations
@@ -41,8 +43,10 @@ def _timm_entrypoint(name: str) -> Callable[..., nn.Module]:
     ) -> nn.Module:
         if pretrained:
             raise ValueError(
-                f"{name} has no downloadable weights; pass checkpoint_path=... to timm.create_model or use "
-                f"attentive_norm.create_model({name!r}, pretrained=<path>)"
+                f"{name} has no downloadable weights: use attentive_norm.create_model({name!r}, "
+                "pretrained=<path>) (any checkpoint, the authors' included), or pass timm.create_model "
+                "checkpoint_path=<our .safetensors or a state dict>; `attentive-norm convert` turns the "
+                "authors' files (which timm's loader refuses) into safetensors"
             )
         return get_model_entrypoint(name)(**kwargs)
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from attentive_norm import freeze_norm
 from attentive_norm.checkpoint import (
     CheckpointError,
     CheckpointMismatchError,
@@ -161,4 +162,27 @@ def test_unrecognised_layout(tmp_path: Path, make_tiny: type) -> None:
     path = tmp_path / "odd.pth"
     torch.save({"weights": [torch.ones(1)]}, path)
     with pytest.raises(CheckpointError, match=r"odd\.pth.*not a recognised checkpoint layout"):
+        load_checkpoint(make_tiny(), path)
+
+
+def test_fully_frozen_model_loads_a_checkpoint_with_batch_counters(
+    tiny: nn.Module, make_tiny: type, tmp_path: Path
+) -> None:
+    # freeze_norm(..., "all") turns BatchNorm into torchvision's FrozenBatchNorm2d, which keeps no
+    # num_batches_tracked (and ignores it on load): the counter in the file is not "unexpected".
+    path = tmp_path / "ckpt.pth"
+    torch.save(tiny.state_dict(), path)
+    model = freeze_norm(make_tiny(), "all")
+    assert "bn1.num_batches_tracked" not in model.state_dict()
+    assert load_checkpoint(model, path).unexpected_keys == ()
+    frozen_source = freeze_norm(copy.deepcopy(tiny), "all")
+    _same_function(frozen_source, model, torch.randn(4, 3, 8, 8))
+
+
+def test_counter_of_a_layer_the_model_lacks_is_still_unexpected(
+    tiny: nn.Module, make_tiny: type, tmp_path: Path
+) -> None:
+    path = tmp_path / "ckpt.pth"
+    torch.save({**tiny.state_dict(), "bn9.num_batches_tracked": torch.tensor(3)}, path)
+    with pytest.raises(CheckpointMismatchError, match=r"bn9\.num_batches_tracked"):
         load_checkpoint(make_tiny(), path)
