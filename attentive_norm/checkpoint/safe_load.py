@@ -10,6 +10,7 @@ silently) and one error type for truncated or corrupt files.
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import pickle
 import pickletools
@@ -26,6 +27,7 @@ from .errors import CorruptCheckpointError, UnsafeCheckpointError
 _ZIP_MAGIC = b"PK\x03\x04"
 _GLOBAL_RE = re.compile(r"GLOBAL\s+([\w.]+)")
 _LEGACY_PICKLES = 5
+_PICKLE_PREFIX_BYTES = 64 * 1024 * 1024
 _TORCH_MODULES = ("torch.", "collections.", "_codecs.")
 _INERT_BUILTINS = {f"builtins.{t}" for t in ("set", "frozenset", "slice", "complex", "bytearray")}
 _REASON_MARK = "WeightsUnpickler error:"
@@ -103,17 +105,20 @@ def _pickled_globals(path: Path) -> list[str]:
     opcode. Parses opcodes only (``pickletools``), never builds objects, so nothing from the file runs."""
     names: list[str] = []
     strings: list[str] = []  # STACK_GLOBAL takes its module and name from the two strings before it
+    with open(path, "rb") as f:
+        # In memory: a damaged length field must not make the reader allocate it (BytesIO stops at
+        # the end); the pickles come before the tensor data, so a bounded prefix holds them.
+        stream = io.BytesIO(f.read(_PICKLE_PREFIX_BYTES))
     try:
-        with open(path, "rb") as f:
-            for _ in range(_LEGACY_PICKLES):
-                for opcode, argument, _position in pickletools.genops(f):
-                    if opcode.name == "GLOBAL":
-                        names.append(argument.replace(" ", ".").replace("__builtin__.", "builtins."))
-                    elif opcode.name == "STACK_GLOBAL" and len(strings) >= 2:
-                        names.append(".".join(strings[-2:]))
-                    elif isinstance(argument, str):
-                        strings.append(argument)
-    except (ValueError, EOFError):
+        for _ in range(_LEGACY_PICKLES):
+            for opcode, argument, _position in pickletools.genops(stream):
+                if opcode.name == "GLOBAL":
+                    names.append(argument.replace(" ", ".").replace("__builtin__.", "builtins."))
+                elif opcode.name == "STACK_GLOBAL" and len(strings) >= 2:
+                    names.append(".".join(strings[-2:]))
+                elif isinstance(argument, str):
+                    strings.append(argument)
+    except Exception:  # damaged bytes stop the opcode reader in many ways; the names so far stand
         pass
     return names
 
