@@ -60,7 +60,12 @@ def run(args: argparse.Namespace) -> int:
         for name in models:
             for seed in seeds:
                 cfg = dataclasses.replace(
-                    base, model=name, seed=seed, output=str(folder), name=f"{name}-seed{seed}"
+                    base,
+                    model=name,
+                    seed=seed,
+                    subset_seed=seeds[0] if base.subset_seed is None else base.subset_seed,  # same images
+                    output=str(folder),
+                    name=f"{name}-seed{seed}",
                 )
                 result = train(cfg)
                 runs.append(

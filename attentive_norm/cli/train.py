@@ -98,6 +98,8 @@ def run(args: argparse.Namespace) -> int:
     cfg = resolve_config(args)
     try:
         train(cfg, resume=args.resume)
+    except KeyboardInterrupt:  # the trainer said what is kept and how to continue
+        return 130
     finally:
         distributed.cleanup()
     return 0

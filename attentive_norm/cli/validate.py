@@ -45,24 +45,29 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "default: the data a training checkpoint was trained on",
     )
     parser.add_argument(
-        "--image-size", type=int, help="centre-crop size (default: the checkpoint's, else 224)"
+        "--image-size", type=positive_int, help="centre-crop size (default: the checkpoint's, else 224)"
     )
     parser.add_argument(
-        "--eval-resize", type=int, help="shorter side before cropping (default: checkpoint's, else 256)"
+        "--eval-resize",
+        type=positive_int,
+        help="shorter side before cropping (default: checkpoint's, else 256)",
     )
     parser.add_argument("--interpolation", choices=("bilinear", "bicubic"), help="resize interpolation")
     parser.add_argument(
-        "--batch-size", type=int, default=100, help="images per batch and process (default: 100)"
+        "--batch-size", type=positive_int, default=100, help="images per batch and process (default: 100)"
     )
     parser.add_argument(
-        "--workers", type=int, help="data-loading processes (default: 0 for digits, else up to 8)"
+        "--workers",
+        type=non_negative_int,
+        help="data-loading processes (default: 0 for digits, else up to 8)",
     )
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--amp", default="none", choices=AMP_MODES, help="autocast dtype (default: none)")
     parser.add_argument(
         "--output",
         help="results path without extension; writes .json and .csv "
-        "(default: validate-<checkpoint> in a training checkpoint's run folder, else runs/validate/)",
+        "(default: validate-<checkpoint> in a training checkpoint's run folder, else runs/validate/; "
+        "a new name if that exists)",
     )
     parser.set_defaults(func=run)
 
@@ -99,9 +104,7 @@ def validate(args: argparse.Namespace, env: distributed.DistEnv) -> dict[str, An
     image_size = args.image_size or settings.get("image_size", 224)
     resize = args.eval_resize or settings.get("eval_resize") or (256 if trained is None else None)
     interpolation = args.interpolation or settings.get("interpolation", "bilinear")
-    classes = (
-        trained["classes"] if trained and data is not None and settings.get("data") is not None else None
-    )
+    classes = trained["classes"] if trained and data is not None else None  # the model's label order
     source = digits_datasets(image_size)[1] if data is None else eval_folder(data, classes=classes)
 
     model_args = {
@@ -145,6 +148,32 @@ def validate(args: argparse.Namespace, env: distributed.DistEnv) -> dict[str, An
 
 
 def _default_output(path: Path, model: str, ours: bool) -> Path:
-    if ours:
-        return path.parent / f"validate-{path.stem}"
-    return Path("runs") / "validate" / f"{model}-{path.stem}"
+    """``validate-<checkpoint>`` beside our checkpoints, else ``runs/validate/<model>-<file>``; a
+    numbered name where results exist (the authors' files are all ``model_best.pth.tar``)."""
+    folder = path.parent if ours else Path("runs") / "validate"
+    stem = folder / (f"validate-{path.stem}" if ours else f"{model}-{path.stem}")
+    output, n = stem, 1
+    while Path(f"{output}.json").exists() or Path(f"{output}.csv").exists():
+        n += 1
+        output = stem.with_name(f"{stem.name}-{n}")
+    return output
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    return _int_at_least(text, 1)
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    return _int_at_least(text, 0)
+
+
+def _int_at_least(text: str, low: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < low:
+        raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+    return value

@@ -121,7 +121,7 @@ def build_loaders(cfg: TrainConfig, world_size: int, rank: int, cpus: int, pin_m
     train_source, val_source = sources(cfg.data, cfg.image_size)
     train_idx = val_idx = None
     if cfg.subset is not None:
-        pick = torch.Generator().manual_seed(cfg.seed)
+        pick = torch.Generator().manual_seed(cfg.seed if cfg.subset_seed is None else cfg.subset_seed)
         train_idx = torch.randperm(len(train_source), generator=pick)[: cfg.subset].tolist()
         val_idx = torch.randperm(len(val_source), generator=pick)[: cfg.subset].tolist()
     train_set = Augmented(

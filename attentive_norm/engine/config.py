@@ -38,6 +38,9 @@ class TrainConfig:
     model_kwargs: dict[str, Any] = field(
         default_factory=dict, metadata={"help": "extra builder arguments, as YAML: '{placement: bn12}'"}
     )
+    pretrained: str | None = _opt(
+        None, "start from this checkpoint's weights (ours or the authors'; new classifier if classes differ)"
+    )
     # data
     data: str | None = _opt(None, "ImageFolder root with train/ and val/; unset: the bundled digits")
     requires_data: bool = _opt(False, "refuse to run without --data (set by the ImageNet presets)")
@@ -45,6 +48,7 @@ class TrainConfig:
     eval_resize: int | None = _opt(None, "resize the shorter side before the centre crop (ImageNet: 256)")
     interpolation: str = _opt("bilinear", "resize interpolation: bilinear or bicubic")
     subset: int | None = _opt(None, "use a random subset of this many training (and validation) images")
+    subset_seed: int | None = _opt(None, "seed that draws the subset (unset: --seed)")
     workers: int | None = _opt(None, "data-loading processes per training process (unset: automatic)")
     # optimisation
     epochs: int = _opt(20, "training epochs")

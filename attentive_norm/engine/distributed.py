@@ -14,6 +14,8 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+from .config import ConfigError
+
 
 @dataclass(frozen=True)
 class DistEnv:
@@ -48,7 +50,7 @@ def setup(device: str = "auto") -> DistEnv:
     use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
     if use_cuda:
         if not torch.cuda.is_available():
-            raise RuntimeError("--device cuda was asked for, but no CUDA device is available")
+            raise ConfigError("--device cuda was asked for, but no CUDA device is available")
         torch.cuda.set_device(local_rank)
         dev = torch.device("cuda", local_rank)
     else:

@@ -30,16 +30,24 @@ def auto_resume_source(cfg: TrainConfig) -> Path | None:
     return folder if _continues(cfg) and (folder / state.LAST).is_file() else None
 
 
-def create(cfg: TrainConfig, resume: str | os.PathLike | None) -> Path:
-    """The run's folder, created if needed; an existing non-empty one is refused for a new run."""
-    if resume is not None:
-        return state.resolve(resume).parent
+def refuse_existing(cfg: TrainConfig) -> None:
+    """Refuse a new run whose named folder exists and is not empty (checked again by :func:`create`;
+    called first too, so the refusal comes before the data scan and the model build)."""
     if _stably_named(cfg):
         path = Path(cfg.output) / _stable_name(cfg)
         if not _continues(cfg) and path.exists() and any(path.iterdir()):
             raise ConfigError(
                 f"run folder {path} exists; continue it with --resume {path} or pick another --name"
             )
+
+
+def create(cfg: TrainConfig, resume: str | os.PathLike | None) -> Path:
+    """The run's folder, created if needed; an existing non-empty one is refused for a new run."""
+    if resume is not None:
+        return state.resolve(resume).parent
+    refuse_existing(cfg)
+    if _stably_named(cfg):
+        path = Path(cfg.output) / _stable_name(cfg)
     else:
         stem = Path(cfg.output) / f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.model}"
         path, n = stem, 1

@@ -52,4 +52,6 @@ class WarmupCosine:
         return {key: value for key, value in vars(self).items() if key != "optimizer"}
 
     def load_state_dict(self, state: dict[str, float]) -> None:
-        vars(self).update(state)
+        """Continue from a checkpoint's position. The shape (peak, warm-up, length, minimum) stays the
+        one this schedule was built with, so ``--lr``, ``--epochs``, ... given on resume apply."""
+        self.last_step = int(state["last_step"])

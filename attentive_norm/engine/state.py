@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from ..checkpoint import CheckpointError, atomic_write, safe_torch_load
+from ..checkpoint.apex_stub import APEX_SAFE_GLOBALS
 from . import faults
 
 FORMAT = "attentive_norm.train"
@@ -72,11 +73,12 @@ def resolve(path: str | os.PathLike) -> Path:
 def load(path: str | os.PathLike) -> dict[str, Any]:
     """A training checkpoint of this project, checked to be one (with a clear error otherwise)."""
     path = resolve(path)
-    state = safe_torch_load(path)
+    state = safe_torch_load(path, allowed_globals=APEX_SAFE_GLOBALS)  # the authors' files: named below
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(
             f"{path} is not a training checkpoint of attentive-norm (it cannot be resumed; to start from "
-            "its weights, use it with `attentive-norm validate` or attentive_norm.checkpoint.load_checkpoint)"
+            "its weights: `attentive-norm train --pretrained FILE`, `attentive-norm validate`, or "
+            "attentive_norm.load_checkpoint)"
         )
     if state["version"] > VERSION:
         raise CheckpointError(

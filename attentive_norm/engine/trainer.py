@@ -15,6 +15,7 @@ readable image is skipped by every process (no process waits for another forever
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 import time
@@ -46,8 +47,18 @@ from .plots import plot_attention, plot_curves
 from .report import table_header, table_row, write_csv
 from .schedule import WarmupCosine
 
-RESUME_FIXED = ("model", "model_kwargs", "data", "subset", "batch_size", "seed", "image_size")
-"""Settings a resumed run must share with the checkpoint (they fix the model and the data order)."""
+RESUME_FIXED = (
+    "model",
+    "model_kwargs",
+    "subset",
+    "subset_seed",
+    "batch_size",
+    "seed",
+    "image_size",
+    "decay_norm_bias",
+)
+"""Settings a resumed run must share with the checkpoint: they fix the model, the data order and the
+optimizer's parameter groups. The data may move (another path) if its classes stay the same."""
 
 
 @dataclass
@@ -74,12 +85,22 @@ def train(cfg: TrainConfig, resume: str | os.PathLike | None = None) -> TrainRes
         )
     if resume is None:
         resume = run_folder.auto_resume_source(cfg)
+    if cfg.data is not None:  # recorded absolute: resume and validate work from any folder
+        cfg = dataclasses.replace(cfg, data=str(Path(cfg.data).expanduser().resolve()))
     saved = state.load(resume) if resume is not None else None
     if saved is not None:
         _check_resumable(cfg, saved)
+        _refuse_to_overwrite_later_results(resume, saved)
+    else:
+        run_folder.refuse_existing(cfg)
     torch.set_num_threads(cfg.threads or env.cpus())
     _configure_determinism(cfg.deterministic)
     loaders = build_loaders(cfg, env.world_size, env.rank, env.cpus(), pin_memory=env.device.type == "cuda")
+    if saved is not None and loaders.classes != saved["classes"]:
+        raise ConfigError(
+            f"cannot resume on {cfg.data}: its {len(loaders.classes)} classes are not the "
+            f"{len(saved['classes'])} the run was trained on (e.g. {saved['classes'][:3]})"
+        )
 
     # Identical initial weights on every process; then a distinct random stream per process.
     _seed_everything(cfg.seed)
@@ -88,7 +109,7 @@ def train(cfg: TrainConfig, resume: str | os.PathLike | None = None) -> TrainRes
         "num_classes": len(loaders.classes),
         "model_kwargs": dict(cfg.model_kwargs),
     }
-    model = build_model(model_args).to(env.device)
+    model = build_model(model_args, pretrained=cfg.pretrained if saved is None else None).to(env.device)
     _seed_everything(cfg.seed + env.rank)
     attention_layer = _attention_layer(model, cfg.attention_layer)
     if cfg.channels_last:
@@ -120,9 +141,13 @@ def train(cfg: TrainConfig, resume: str | os.PathLike | None = None) -> TrainRes
         if saved["args"] != model_args:
             raise CheckpointError(f"{resume}: holds the model {saved['args']}, this run builds {model_args}")
         model.load_state_dict(saved["model"])
+        configured = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
         optimizer.load_state_dict(saved["optimizer"])
-        schedule.load_state_dict(saved["scheduler"])
-        scaler.load_state_dict(saved["scaler"])
+        for group, settings in zip(optimizer.param_groups, configured):
+            group.update(settings)  # momentum, weight decay, ... given with --resume apply
+        schedule.load_state_dict(saved["scheduler"])  # the position; the shape is this run's
+        if scaler.is_enabled() and saved["scaler"]:  # --amp fp16 may be switched on or off
+            scaler.load_state_dict(saved["scaler"])
         if ema is not None and saved["ema"] is not None:
             ema.load_state_dict(saved["ema"])
         start_epoch, start_batch, history, best = (
@@ -137,8 +162,6 @@ def train(cfg: TrainConfig, resume: str | os.PathLike | None = None) -> TrainRes
         if env.is_main:
             sums = saved["meters"]["sums"]
             meters["sums"][: len(sums)] += sums.to(env.device)  # older checkpoints hold fewer sums
-    # The real schedule: the checkpoint's may have been built for another number of epochs.
-    schedule.total_steps = cfg.epochs * steps_per_epoch
 
     net: nn.Module = model
     if env.distributed:
@@ -170,6 +193,8 @@ def train(cfg: TrainConfig, resume: str | os.PathLike | None = None) -> TrainRes
         )
     if saved is not None:
         log(f"resuming {resume} at epoch {start_epoch + 1}, batch {start_batch} (step {saved['step']})")
+        if cfg.data != saved["config"]["data"]:
+            log(f"data: {cfg.data} (trained so far on {saved['config']['data']}; same classes)")
         if run_dir is not None:
             stale = [p for name in (state.LAST, state.BEST) for p in remove_stale_temporaries(run_dir / name)]
             if stale:
@@ -183,7 +208,7 @@ def train(cfg: TrainConfig, resume: str | os.PathLike | None = None) -> TrainRes
     def kept() -> str:
         if saved_step is None:
             return "no checkpoint was written yet"
-        return f"the last good checkpoint (step {saved_step}) is kept; continue with --resume"
+        return f"the last good checkpoint (step {saved_step}) is kept; continue with --resume {run_dir or ''}"
 
     def checkpoint(epoch: int, batch: int, path_names: tuple[str, ...]) -> None:
         """Collective: every process contributes; rank 0 writes; a failed write stops every process."""
@@ -279,87 +304,91 @@ def train(cfg: TrainConfig, resume: str | os.PathLike | None = None) -> TrainRes
         log(table_header(history[-1]))
         for row in history:
             log(table_row(row))
-    for epoch in range(start_epoch, cfg.epochs):
-        first = start_batch if epoch == start_epoch else 0
-        if first == 0:
-            meters = _new_meters(env.device)
-        loaders.train_sampler.set_epoch(epoch, first)
-        net.train()
-        bar = tqdm(
-            loaders.train,
-            total=steps_per_epoch,
-            initial=first,
-            desc=f"epoch {epoch + 1}/{cfg.epochs}",
-            disable=not (env.is_main and cfg.progress),
-            leave=False,
-            dynamic_ncols=True,
-        )
-        tick = time.perf_counter()
-        for batch, (images, target, skipped) in enumerate(bar, start=first):
-            step = epoch * steps_per_epoch + batch
-            lr = schedule.set_step(step)
-            for bad in skipped:
-                log(f"skipped an unreadable image: {bad.what} ({bad.reason})")
-            loss = None
-            if distributed.on_any_process(len(target) == 0, env.device):
-                log(f"step {step + 1} skipped: every image of a process's batch failed to load")
-            else:
-                loss = optimise(images, target, epoch, batch)
-            if loss is None:  # every process skips the step; rank 0 counts it
-                meters["sums"] += torch.tensor([0, 0, 0, len(skipped), env.is_main], device=env.device)
-            else:
-                meters["sums"][3] += len(skipped)
-            now = time.perf_counter()
-            meters["seconds"] += now - tick
-            tick = now
-            shown = env.is_main and cfg.progress and (batch % 10 == 0 or batch == steps_per_epoch - 1)
-            if loss is not None and shown:
-                bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.3g}")
-            if cfg.save_every and (step + 1) % cfg.save_every == 0:
-                checkpoint(epoch, batch + 1, (state.LAST,))
-        bar.close()
+    try:
+        for epoch in range(start_epoch, cfg.epochs):
+            first = start_batch if epoch == start_epoch else 0
+            if first == 0:
+                meters = _new_meters(env.device)
+            loaders.train_sampler.set_epoch(epoch, first)
+            net.train()
+            bar = tqdm(
+                loaders.train,
+                total=steps_per_epoch,
+                initial=first,
+                desc=f"epoch {epoch + 1}/{cfg.epochs}",
+                disable=not (env.is_main and cfg.progress),
+                leave=False,
+                dynamic_ncols=True,
+            )
+            tick = time.perf_counter()
+            for batch, (images, target, skipped) in enumerate(bar, start=first):
+                step = epoch * steps_per_epoch + batch
+                lr = schedule.set_step(step)
+                for bad in skipped:
+                    log(f"skipped an unreadable image: {bad.what} ({bad.reason})")
+                loss = None
+                if distributed.on_any_process(len(target) == 0, env.device):
+                    log(f"step {step + 1} skipped: every image of a process's batch failed to load")
+                else:
+                    loss = optimise(images, target, epoch, batch)
+                if loss is None:  # every process skips the step; rank 0 counts it
+                    meters["sums"] += torch.tensor([0, 0, 0, len(skipped), env.is_main], device=env.device)
+                else:
+                    meters["sums"][3] += len(skipped)
+                now = time.perf_counter()
+                meters["seconds"] += now - tick
+                tick = now
+                shown = env.is_main and cfg.progress and (batch % 10 == 0 or batch == steps_per_epoch - 1)
+                if loss is not None and shown:
+                    bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.3g}")
+                if cfg.save_every and (step + 1) % cfg.save_every == 0:
+                    checkpoint(epoch, batch + 1, (state.LAST,))
+            bar.close()
 
-        sums = distributed.all_reduce_sum(meters["sums"]).tolist()
-        if sums[2] == 0:
-            raise DataError(
-                f"no step of epoch {epoch + 1} could be trained ({int(sums[4])} steps skipped, "
-                f"{int(sums[3])} unreadable images); see the messages above"
+            sums = distributed.all_reduce_sum(meters["sums"]).tolist()
+            if sums[2] == 0:
+                raise DataError(
+                    f"no step of epoch {epoch + 1} could be trained ({int(sums[4])} steps skipped, "
+                    f"{int(sums[3])} unreadable images); see the messages above"
+                )
+            seconds = meters["seconds"]
+            val_batches = faults.after_first(loaders.val, f"eval:{epoch + 1}", env.rank)
+            val = evaluate(model, val_batches, env.device, amp=cfg.amp, channels_last=cfg.channels_last)
+            row = {
+                "epoch": epoch + 1,
+                "train_loss": sums[0] / max(sums[2], 1),
+                "train_top1": 100 * sums[1] / max(sums[2], 1),
+                "val_loss": val["loss"],
+                "val_top1": val["top1"],
+                "val_top5": val["top5"],
+            }
+            if ema is not None:
+                ema_val = evaluate(
+                    ema.module, loaders.val, env.device, amp=cfg.amp, channels_last=cfg.channels_last
+                )
+                row.update(ema_top1=ema_val["top1"], ema_top5=ema_val["top5"])
+            row.update(
+                lr=schedule.lr_at(max(schedule.last_step, 0)),
+                images_per_s=sums[2] / max(seconds, 1e-9),
+                epoch_time_s=seconds,
+                skipped=int(sums[3]) + val["skipped"],
+                skipped_steps=int(sums[4]),
             )
-        seconds = meters["seconds"]
-        val_batches = faults.after_first(loaders.val, f"eval:{epoch + 1}", env.rank)
-        val = evaluate(model, val_batches, env.device, amp=cfg.amp, channels_last=cfg.channels_last)
-        row = {
-            "epoch": epoch + 1,
-            "train_loss": sums[0] / max(sums[2], 1),
-            "train_top1": 100 * sums[1] / max(sums[2], 1),
-            "val_loss": val["loss"],
-            "val_top1": val["top1"],
-            "val_top5": val["top5"],
-        }
-        if ema is not None:
-            ema_val = evaluate(
-                ema.module, loaders.val, env.device, amp=cfg.amp, channels_last=cfg.channels_last
-            )
-            row.update(ema_top1=ema_val["top1"], ema_top5=ema_val["top5"])
-        row.update(
-            lr=schedule.lr_at(max(schedule.last_step, 0)),
-            images_per_s=sums[2] / max(seconds, 1e-9),
-            epoch_time_s=seconds,
-            skipped=int(sums[3]) + val["skipped"],
-            skipped_steps=int(sums[4]),
-        )
-        history.append(row)
-        is_best = row["val_top1"] > best["top1"]
-        if is_best:
-            best = {"top1": row["val_top1"], "epoch": epoch + 1}
-        if not printed_header:
-            log(table_header(row))
-            printed_header = True
-        log(table_row(row))
-        checkpoint(epoch + 1, 0, (state.LAST, state.BEST) if is_best else (state.LAST,))
-        if run_dir is not None:
-            write_csv(history, run_dir / "summary.csv")
-            plot_curves(history, run_dir / "curves.png", title=f"{cfg.model} ({data_name})")
+            history.append(row)
+            is_best = row["val_top1"] > best["top1"]
+            if is_best:
+                best = {"top1": row["val_top1"], "epoch": epoch + 1}
+            if not printed_header:
+                log(table_header(row))
+                printed_header = True
+            log(table_row(row))
+            checkpoint(epoch + 1, 0, (state.LAST, state.BEST) if is_best else (state.LAST,))
+            if run_dir is not None:
+                write_csv(history, run_dir / "summary.csv")
+                plot_curves(history, run_dir / "curves.png", title=f"{cfg.model} ({data_name})")
+    except KeyboardInterrupt:
+        log(f"interrupted: {kept()}")
+        raise
 
     if attention_layer is not None:
         weights = class_mean_attention(model, loaders.val, attention_layer, len(loaders.classes), env.device)
@@ -385,10 +414,13 @@ def _write_attention(weights: torch.Tensor, classes: list[str], layer: str, run_
     write_csv(rows, run_dir / "attention.csv")
 
 
-def build_model(args: dict) -> nn.Module:
-    """The model a checkpoint's ``args`` describe (``model``, ``num_classes``, ``model_kwargs``)."""
+def build_model(args: dict, pretrained: str | None = None) -> nn.Module:
+    """The model a checkpoint's ``args`` describe (``model``, ``num_classes``, ``model_kwargs``), with
+    the weights of ``pretrained`` (all but the classifier where its classes differ)."""
     try:
-        return create_model(args["model"], num_classes=args["num_classes"], **args["model_kwargs"])
+        return create_model(
+            args["model"], num_classes=args["num_classes"], pretrained=pretrained, **args["model_kwargs"]
+        )
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"cannot build model {args['model']!r} with {args['model_kwargs']}: {exc}") from exc
 
@@ -405,12 +437,31 @@ def _attention_layer(model: nn.Module, wanted: str | None) -> str | None:
 
 
 def _check_resumable(cfg: TrainConfig, saved: dict) -> None:
-    before = saved["config"]
-    changed = [k for k in RESUME_FIXED if before.get(k) != getattr(cfg, k)]
+    before = {**{k: None for k in RESUME_FIXED}, **saved["config"]}  # older checkpoints lack new settings
+    changed = [k for k in RESUME_FIXED if before[k] != getattr(cfg, k)]
+    if (before["data"] is None) != (cfg.data is None):
+        changed.append("data")
     if changed:
-        detail = ", ".join(f"{k}: {before.get(k)!r} -> {getattr(cfg, k)!r}" for k in changed)
+        detail = ", ".join(f"{k}: {before[k]!r} -> {getattr(cfg, k)!r}" for k in changed)
         raise ConfigError(
-            f"cannot resume with changed settings ({detail}); they fix the model and data order"
+            f"cannot resume with changed settings ({detail}); they fix the model, the data order and "
+            "the optimizer's parameter groups"
+        )
+
+
+def _refuse_to_overwrite_later_results(resume: str | os.PathLike, saved: dict) -> None:
+    """Resuming an earlier checkpoint (``checkpoint_best.pt``) of a run folder would overwrite that
+    folder's later ``checkpoint_last.pt`` and results: refused, with the ways to do it safely."""
+    path = state.resolve(resume)
+    last = path.parent / state.LAST
+    if path.name == state.LAST or not last.is_file():
+        return
+    later = state.load(last)["step"]
+    if later > saved["step"]:
+        raise ConfigError(
+            f"{path} is at step {saved['step']}, but {last} is at step {later}: resuming from it would "
+            f"overwrite the later checkpoint and results. Resume {path.parent} (its last checkpoint), or "
+            f"copy {path.name} into a new folder and resume that to branch off"
         )
 
 

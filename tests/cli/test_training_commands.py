@@ -4,6 +4,8 @@ import csv
 import json
 
 import pytest
+import torch
+import yaml
 from PIL import Image
 
 from attentive_norm.checkpoint.testing import official_state_from_model, write_official_checkpoint
@@ -138,8 +140,100 @@ def test_compare_reports_mean_and_spread_per_model(capsys, tmp_path):
     assert [r["model"] for r in summary] == ["resnet20", "resnet20_an"] and summary[0]["runs"] == "2"
     assert (tmp_path / "cmp" / "compare.png").is_file()
     assert (tmp_path / "cmp" / "resnet20_an-seed1" / "checkpoint_last.pt").is_file()
+    for seed in (0, 1):  # --subset: the same images for every seed, drawn with the first
+        config = yaml.safe_load((tmp_path / "cmp" / f"resnet20-seed{seed}" / "config.yaml").read_text())
+        assert (config["seed"], config["subset_seed"]) == (seed, 0)
+
+
+def test_the_subset_depends_on_its_seed_only():
+    from attentive_norm.data.loader import build_loaders
+    from attentive_norm.engine.config import make_config
+
+    def picked(**settings):
+        cfg = make_config({"subset": 40, "batch_size": 8, "image_size": 8, **settings})
+        return build_loaders(cfg, 1, 0, 1, pin_memory=False).train.dataset.indices
+
+    assert picked(seed=1, subset_seed=0) == picked(seed=2, subset_seed=0) == picked(seed=0)
+    assert picked(seed=1) != picked(seed=2)
 
 
 def test_compare_refuses_unknown_models_before_training(capsys):
     code, _, err = run_cli(capsys, "compare", "--models", "resnet20,resnet20_ann")
     assert code == 2 and "unknown model 'resnet20_ann'" in err
+
+
+def test_a_moved_data_folder_resumes_if_its_classes_are_the_same(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    image_folder(tmp_path / "images")
+    code, _, err = run_cli(
+        capsys, "train", *TINY, "--batch-size", "8", "--epochs", "1", "--data", "images", "--name", "r"
+    )
+    assert code == 0, err
+    recorded = (tmp_path / "runs" / "r" / "config.yaml").read_text()
+    assert f"data: {tmp_path / 'images'}" in recorded  # absolute: works from any folder
+    (tmp_path / "images").rename(tmp_path / "moved")
+    code, out, err = run_cli(capsys, "train", "--resume", "runs/r", "--epochs", "2", "--data", "moved")
+    assert code == 0, err
+    assert f"data: {tmp_path / 'moved'} (trained so far on {tmp_path / 'images'}; same classes)" in out
+    image_folder(tmp_path / "other", classes=("circle", "star"))
+    code, _, err = run_cli(capsys, "train", "--resume", "runs/r", "--epochs", "3", "--data", "other")
+    assert code == 2 and "its 2 classes are not the 2 the run was trained on" in err
+
+
+def test_interrupted_training_exits_130_without_a_traceback(capsys, tmp_path, monkeypatch):
+    from attentive_norm.engine import faults
+
+    def interrupt(point, rank=0):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(faults, "kill_at", interrupt)
+    code, out, err = run_cli(capsys, "train", *TINY, "--output", tmp_path, "--name", "r")
+    assert code == 130 and "interrupted: no checkpoint was written yet" in out and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [
+        ("--image-size", "-5", "must be >= 1, got -5"),
+        ("--eval-resize", "0", "must be >= 1, got 0"),
+        ("--batch-size", "0", "must be >= 1, got 0"),
+        ("--workers", "-1", "must be >= 0, got -1"),
+        ("--batch-size", "ten", "expected an integer, got 'ten'"),
+    ],
+)
+def test_validate_refuses_bad_numbers_in_one_line(capsys, tmp_path, flag, value, message):
+    with pytest.raises(SystemExit) as exit_:
+        main(["validate", "--checkpoint", str(tmp_path), flag, value])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and message in err and "Traceback" not in err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+@pytest.mark.parametrize("command", ["train", "validate"])
+def test_cuda_without_a_gpu_is_one_line(capsys, tmp_path, command):
+    argv = [command, "--device", "cuda"] + (["--checkpoint", str(tmp_path)] if command == "validate" else [])
+    code, _, err = run_cli(capsys, *argv)
+    assert code == 2 and "no CUDA device is available" in err and "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_validate_keeps_earlier_results_and_checks_the_classes(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_cli(capsys, "train", *TINY, "--epochs", "1", "--name", "digits")
+    assert code == 0, err
+    run = tmp_path / "runs" / "digits"
+    for expected in ("validate-checkpoint_last", "validate-checkpoint_last-2"):
+        code, out, err = run_cli(capsys, "validate", "--checkpoint", run)
+        assert code == 0, err
+        assert f"results: {run / expected}.json" in out and (run / f"{expected}.json").is_file()
+    # a digits model (classes '0'..'9') scored on folders of other classes would be meaningless
+    shapes = image_folder(tmp_path / "shapes")
+    code, _, err = run_cli(capsys, "validate", "--checkpoint", run, "--data", shapes)
+    assert code == 2 and "class folders not in the training set: circle, square" in err
+
+
+def test_resuming_the_authors_file_says_it_is_not_a_training_checkpoint(capsys, tmp_path):
+    path = tmp_path / "model_best.pth.tar"
+    write_official_checkpoint(*official_state_from_model(create_model("resnet20_an")), path)
+    code, _, err = run_cli(capsys, "train", "--resume", path)
+    assert code == 2 and "is not a training checkpoint" in err and "--pretrained FILE" in err

@@ -84,13 +84,18 @@ def test_schedule_is_the_authors_per_iteration_warmup_then_cosine():
     assert schedule.lr_at(199) == pytest.approx(0.0, abs=1e-12)
 
 
-def test_schedule_state_round_trips():
+def test_schedule_state_keeps_the_position_and_this_runs_shape():
+    # A resumed run continues at the checkpoint's step with the schedule it is configured with now
+    # (--lr, --epochs, --min-lr given on resume apply).
     optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
     schedule = WarmupCosine(optimizer, 0.1, 100, 10, min_lr=1e-3)
     schedule.set_step(42)
-    other = WarmupCosine(optimizer, 1.0, 1, 0)
+    same = WarmupCosine(optimizer, 0.1, 100, 10, min_lr=1e-3)
+    same.load_state_dict(schedule.state_dict())
+    assert same.lr_at(57) == schedule.lr_at(57) and same.last_step == 42
+    other = WarmupCosine(optimizer, 0.8, 200, 5, min_lr=0.01)
     other.load_state_dict(schedule.state_dict())
-    assert other.lr_at(57) == schedule.lr_at(57) and other.last_step == 42
+    assert other.last_step == 42 and (other.peak_lr, other.total_steps, other.min_lr) == (0.8, 200, 0.01)
 
 
 def test_ema_averages_floats_and_copies_counters():

@@ -104,3 +104,66 @@ def test_class_mean_attention_averages_per_class():
     batches = [(images[:4], target[:4], []), (images[4:], target[4:], [])]
     weights = class_mean_attention(model, batches, layer, 3, torch.device("cpu"))
     assert weights.shape == (3, 5) and torch.allclose(weights, expected, atol=1e-6)
+
+
+def test_flags_given_on_resume_apply(tmp_path):
+    first = train(tiny(tmp_path, name="run", epochs=1))
+    changed = {"lr": 0.8, "min_lr": 0.01, "warmup_epochs": 0.5, "weight_decay": 0.1, "momentum": 0.5}
+    train(tiny(tmp_path, name="run", nesterov=True, **changed), resume=first.run_dir)
+    saved = safe_torch_load(first.run_dir / "checkpoint_last.pt")
+    group = saved["optimizer"]["param_groups"][0]
+    assert (group["weight_decay"], group["momentum"], group["nesterov"]) == (0.1, 0.5, True)
+    schedule = saved["scheduler"]
+    assert schedule["peak_lr"] == pytest.approx(0.8 * 32 / 256) and schedule["min_lr"] == 0.01
+    assert (schedule["warmup_steps"], schedule["total_steps"]) == (1, 4)
+
+
+def test_resuming_an_earlier_checkpoint_of_a_folder_is_refused(tmp_path):
+    early = train(tiny(tmp_path, name="early", epochs=1))
+    later = train(tiny(tmp_path, name="later"))
+    branch = later.run_dir / "early.pt"
+    branch.write_bytes((early.run_dir / "checkpoint_last.pt").read_bytes())
+    last = (later.run_dir / "checkpoint_last.pt").read_bytes()
+    summary = (later.run_dir / "summary.csv").read_text()
+    with pytest.raises(ConfigError, match=r"early\.pt is at step 2, but .*checkpoint_last\.pt is at step 4"):
+        train(tiny(tmp_path, name="later"), resume=branch)
+    assert (later.run_dir / "checkpoint_last.pt").read_bytes() == last
+    assert (later.run_dir / "summary.csv").read_text() == summary
+
+
+def test_fp16_may_be_switched_on_when_resuming(tmp_path):
+    first = train(tiny(tmp_path, name="run", epochs=1))
+    result = train(tiny(tmp_path, name="run", amp="fp16"), resume=first.run_dir)
+    assert len(result.history) == 2
+    assert safe_torch_load(first.run_dir / "checkpoint_last.pt")["scaler"]  # the scaler's state now
+
+
+def test_pretrained_weights_start_a_new_run(tmp_path):
+    source = train(tiny(tmp_path, name="source", epochs=1))
+    start = safe_torch_load(source.run_dir / "checkpoint_last.pt")["model"]
+    # lr and decay so small that the weights after two steps are the loaded ones
+    fine = train(
+        tiny(tmp_path, name="fine", epochs=1, lr=1e-12, pretrained=str(source.run_dir / "checkpoint_last.pt"))
+    )
+    tuned = safe_torch_load(fine.run_dir / "checkpoint_last.pt")["model"]
+    torch.testing.assert_close(tuned["conv1.weight"], start["conv1.weight"], rtol=0, atol=1e-9)
+    torch.testing.assert_close(tuned["fc.weight"], start["fc.weight"], rtol=0, atol=1e-9)
+    fresh = train(tiny(tmp_path, name="fresh", epochs=1, lr=1e-12))
+    scratch = safe_torch_load(fresh.run_dir / "checkpoint_last.pt")["model"]
+    assert not torch.allclose(scratch["conv1.weight"], start["conv1.weight"])
+
+
+def test_ctrl_c_says_what_is_kept_and_how_to_continue(tmp_path, monkeypatch, capsys):
+    from attentive_norm.engine import faults
+
+    def interrupt(point, rank=0):
+        if point == "step:3":
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(faults, "kill_at", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny(tmp_path, name="run"))
+    out = capsys.readouterr().out
+    run = tmp_path / "run"
+    assert f"interrupted: the last good checkpoint (step 2) is kept; continue with --resume {run}" in out
+    assert safe_torch_load(run / "checkpoint_last.pt")["step"] == 2

@@ -40,8 +40,8 @@ def nan_input_at(monkeypatch):
                 return (torch.full_like(args[0], math.nan),)
             return None
 
-        def build(args: dict) -> nn.Module:
-            model = build_model(args)
+        def build(args: dict, pretrained: str | None = None) -> nn.Module:
+            model = build_model(args, pretrained)
             model.register_forward_pre_hook(poison)
             return model
 
