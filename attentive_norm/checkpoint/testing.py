@@ -1,7 +1,7 @@
 """Test helpers: checkpoints in the authors' released format (written without apex), random states, and
 objects whose unpickling would run code (for the tests that prove no loader unpickles them).
 
-The layout follows SPEC.md §6: legacy (non-zip) ``torch.save``; ``{'epoch', 'arch', 'state_dict',
+The layout of the authors' released files: legacy (non-zip) ``torch.save``; ``{'epoch', 'arch', 'state_dict',
 'best_prec1', 'optimizer'}``; keys ``module.network.`` + the authors' names; fp16 tensors except the
 weight, bias and running statistics of ordinary affine BatchNorms (apex keeps those fp32, and the AN
 layer's attention BatchNorm is one); ``optimizer`` is apex ``FP16_Optimizer`` state with a pickled

@@ -1,6 +1,6 @@
 """Image transforms: the paper's ImageNet pipeline and the digits demo's.
 
-ImageNet (the paper, SPEC.md §4): RandomResizedCrop(224) + horizontal flip for training, nothing
+ImageNet (the paper): RandomResizedCrop(224) + horizontal flip for training, nothing
 else; Resize(256) + CenterCrop(224) for evaluation; the usual ImageNet mean/std normalisation.
 Digits: a random translation (pad by 1/8 of the size and crop back); no flip, which would turn
 some digits into others.

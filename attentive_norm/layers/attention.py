@@ -2,7 +2,7 @@
 
 A head maps the input feature map (N×C×H×W) to N×K weights ``lam``. The paper's head pools each
 channel to ``mean * rsqrt(var + 1e-3)``, projects C -> K with a 1×1 conv (a linear map), normalises the
-K logits with a BatchNorm and applies a hard sigmoid. The other heads of SPEC.md §1 are selected by name.
+K logits with a BatchNorm and applies a hard sigmoid. The paper's other heads are selected by name.
 
 The logit BatchNorm is :class:`LogitNorm`, deliberately *not* an ``nn.BatchNorm`` subclass: PyTorch's,
 timm's and torchvision's SyncBN/frozen-BN converters walk every child, and must not rewrite a piece
@@ -34,7 +34,7 @@ ATTENTION_HEADS: tuple[str, ...] = (
     "conv_bias_hsigmoid",
     "mlp_hsigmoid",
 )
-"""Readable names of the attention heads of SPEC.md §1 (the authors number them; we name them).
+"""Readable names of the paper's attention heads (the authors number them; we name them).
 
 - ``conv_bn_hsigmoid``: conv 1×1 (no bias) -> BatchNorm over K -> hard sigmoid. The paper's default.
 - ``conv_bn_sigmoid``: conv 1×1 (no bias) -> BatchNorm over K -> sigmoid.

@@ -1,4 +1,4 @@
-"""A plain, line-by-line re-statement of the AN formula (SPEC.md §1), the ground truth for tests.
+"""A plain, line-by-line re-statement of the AN formula (arXiv:1908.01259), the ground truth for tests.
 
 Nothing here is fast or clever: every fast path of the package is tested against these functions to
 float64 precision, forward and backward, in training and in eval mode.

@@ -6,7 +6,7 @@ ReLU is a module, ``features.relu5`` (no parameters), so that ``features`` ends 
 
 In the AN model ``norm2`` of every dense layer (the norm of the 128-channel bottleneck output, before
 the 3×3 conv) is AN, with K = 10, 10, 20, 20 for the four dense blocks; stem, ``norm1``, transition
-norms and ``norm5`` stay BatchNorm (arXiv:1908.01259, SPEC §2).
+norms and ``norm5`` stay BatchNorm (arXiv:1908.01259).
 
 This is the plain implementation: no gradient checkpointing ("memory efficient" in torchvision).
 """

@@ -3,7 +3,7 @@
 The module layout is torchvision's (``features.N.conv...``, ``classifier`` = Dropout + Linear), which is
 also the layout of the authors' released AN checkpoint. In the AN model the norm after each depthwise
 3×3 convolution (before its ReLU6) is AN, with K = 5, 5, 5, 5, 10, 10, 10 for the seven (t, c, n, s)
-groups; every other norm stays BatchNorm (arXiv:1908.01259, SPEC §2).
+groups; every other norm stays BatchNorm (arXiv:1908.01259).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The paper's published figures (SPEC.md §3–4): parameter counts and ImageNet top-1 accuracy.
+"""The paper's published figures (arXiv:1908.01259): parameter counts and ImageNet top-1 accuracy.
 
 Used by ``attentive-norm models`` to print measured numbers next to the published ones. A count given
 as an ``int`` is exact; a ``float`` is the published value in millions, to three decimals.

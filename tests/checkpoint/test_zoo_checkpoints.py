@@ -1,4 +1,4 @@
-"""Every published model: the authors' file layout (SPEC §6 keys JSON) loads into the zoo model.
+"""Every published model: the authors' file layout (their released files' keys) loads into the zoo model.
 
 Per model of ``official_state_dict_keys.json`` (each builds a full ImageNet network: slow):
 
@@ -11,6 +11,7 @@ Per model of ``official_state_dict_keys.json`` (each builds a full ImageNet netw
 from __future__ import annotations
 
 import copy
+import gzip
 import json
 from collections import OrderedDict
 from pathlib import Path
@@ -29,7 +30,12 @@ from attentive_norm.checkpoint.testing import (
 from attentive_norm.models import create_model, list_models
 from attentive_norm.models.official_keys import to_official_key_names
 
-REFERENCE = json.loads(Path("/work/shared/reference/official_state_dict_keys.json").read_text())
+# the keys and shapes of the authors' released state dicts (shipped with the tests)
+REFERENCE = json.loads(
+    gzip.decompress(
+        (Path(__file__).parents[1] / "reference" / "official_state_dict_keys.json.gz").read_bytes()
+    )
+)
 BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
 
 

@@ -1,4 +1,4 @@
-"""Configuration: layering, key and type checks, and the presets against SPEC.md §4."""
+"""Configuration: layering, key and type checks, and the presets against the paper's recipes."""
 
 import pytest
 import yaml
@@ -68,7 +68,7 @@ def test_resolved_yaml_round_trips(tmp_path):
     assert make_config(read_yaml_config(str(path))) == cfg
 
 
-# SPEC.md §4: epochs, global batch, peak LR, weight decay, label smoothing, mixup.
+# The paper's recipes: epochs, global batch, peak LR, weight decay, label smoothing, mixup.
 PAPER = {
     "resnet50": (120, 1024, 0.4, 1e-4, 0.0, 0.0),
     "resnet50_an": (120, 1024, 0.4, 1e-4, 0.0, 0.0),

@@ -68,7 +68,7 @@ def test_schedule_is_the_authors_per_iteration_warmup_then_cosine():
     steps_per_epoch, epochs, warmup_epochs, peak = 10, 20, 5, 0.4
     schedule = WarmupCosine(optimizer, peak, steps_per_epoch * epochs, steps_per_epoch * warmup_epochs)
 
-    def authors(epoch: int, batch: int) -> float:  # SPEC.md §4, their CosineAnnealingLR with iter = batch + 1
+    def authors(epoch: int, batch: int) -> float:  # the authors' CosineAnnealingLR with iter = batch + 1
         t = epoch + (batch + 1) / steps_per_epoch
         if epoch < warmup_epochs:
             return peak * t / warmup_epochs

@@ -40,7 +40,7 @@ def _trained_bn() -> AttentiveBatchNorm2d:
 
 
 def _authors_layout(layer: AttentiveBatchNorm2d | AttentiveGroupNorm, prefix: str = "") -> dict[str, Tensor]:
-    """The layer's state under the authors' key names (SPEC.md §6), without any metadata."""
+    """The layer's state under the authors' key names (their released files), without any metadata."""
     head = layer.attention
     theirs = {
         "weight_": layer.mixture_weight,

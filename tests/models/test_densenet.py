@@ -12,7 +12,7 @@ from attentive_norm.models.flops import count_params
 
 
 def an_cost(channels: int, k: int) -> int:
-    """SPEC §1: parameters added by replacing one BN of ``channels`` with a K-component AN."""
+    """The paper: parameters added by replacing one BN of ``channels`` with a K-component AN."""
     return 3 * k * channels - 2 * channels + 2 * k
 
 

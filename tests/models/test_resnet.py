@@ -1,5 +1,6 @@
 """ResNet family: published parameter counts, the authors' state-dict layout, the model contract."""
 
+import gzip
 import json
 from pathlib import Path
 
@@ -13,7 +14,12 @@ from attentive_norm.models.features import FeatureExtractor
 from attentive_norm.models.official_keys import to_official_key_names
 from attentive_norm.models.resnet import Bottleneck, ResNet
 
-KEYS_FILE = Path("/work/shared/reference/official_state_dict_keys.json")
+# the keys and shapes of the authors' released state dicts (shipped with the tests)
+OFFICIAL_KEYS = json.loads(
+    gzip.decompress(
+        (Path(__file__).parents[1] / "reference" / "official_state_dict_keys.json.gz").read_bytes()
+    )
+)
 RESNETS = [
     "resnet34",
     "resnet34_an",
@@ -95,7 +101,7 @@ def _authors_state_dict(entry: dict) -> dict[str, torch.Tensor]:
     ],
 )
 def test_authors_state_dict_layout(name: str) -> None:
-    entry = json.loads(KEYS_FILE.read_text())[name]
+    entry = OFFICIAL_KEYS[name]
     model = create_model(name)
     assert num_params(model) == entry["num_params"]
     ours = to_official_key_names(model.state_dict())
