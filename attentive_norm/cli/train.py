@@ -16,7 +16,14 @@ from typing import Any
 import yaml
 
 from ..engine import distributed, state
-from ..engine.config import config_fields, field_types, make_config, preset_names, read_yaml_config
+from ..engine.config import (
+    config_fields,
+    dump_yaml,
+    field_types,
+    make_config,
+    preset_names,
+    read_yaml_config,
+)
 from ..engine.trainer import train
 from .errors import reports_errors
 
@@ -30,6 +37,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--config", help=f"YAML file or preset ({', '.join(preset_names())})")
     parser.add_argument("--resume", help="continue this run: its folder or a checkpoint file")
+    parser.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the resolved settings as YAML (usable with --config) and exit without training",
+    )
     add_config_arguments(parser)
     parser.set_defaults(func=run)
 
@@ -96,6 +108,9 @@ def resolve_config(args: argparse.Namespace) -> Any:
 @reports_errors
 def run(args: argparse.Namespace) -> int:
     cfg = resolve_config(args)
+    if args.print_config:
+        print(dump_yaml(cfg, f"peak LR {cfg.peak_lr():.6g} (lr x batch_size / 256)"), end="")
+        return 0
     try:
         train(cfg, resume=args.resume)
     except KeyboardInterrupt:  # the trainer said what is kept and how to continue

@@ -237,3 +237,19 @@ def test_resuming_the_authors_file_says_it_is_not_a_training_checkpoint(capsys, 
     write_official_checkpoint(*official_state_from_model(create_model("resnet20_an")), path)
     code, _, err = run_cli(capsys, "train", "--resume", path)
     assert code == 2 and "is not a training checkpoint" in err and "--pretrained FILE" in err
+
+
+def test_print_config_shows_the_resolved_settings_and_trains_nothing(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a run would create ./runs
+    code, out, err = run_cli(
+        capsys, "train", "--config", "resnet50_an", "--data", tmp_path, "--lr", "0.2", "--print-config"
+    )
+    assert code == 0, err
+    settings = yaml.safe_load(out)
+    assert (settings["model"], settings["lr"], settings["epochs"], settings["batch_size"]) == (
+        "resnet50_an",
+        0.2,
+        120,
+        1024,
+    )
+    assert "# peak LR 0.8 (lr x batch_size / 256)" in out and not (tmp_path / "runs").exists()
