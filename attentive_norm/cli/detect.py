@@ -3,6 +3,8 @@
 Without arguments, ``detect train`` runs the embedded default (preset ``shapes_demo``): it generates a
 small synthetic dataset of shapes with instance masks, trains briefly on the CPU, evaluates with
 COCOeval, prints the AP table and draws predictions. Under ``torchrun`` training is distributed.
+``detect eval`` writes its results to a new folder ``eval-<n>`` beside the checkpoint (or --output-dir).
+Needs pycocotools: pip install "attentive-norm[detection]".
 """
 
 from __future__ import annotations
@@ -16,7 +18,23 @@ from .errors import reports_errors
 DEFAULT_PRESET = "shapes_demo"
 
 
+class MissingExtraError(ImportError):
+    """pycocotools, the optional extra ``detect`` needs, cannot be imported."""
+
+
+def _require_pycocotools() -> None:
+    """A one-line error instead of a traceback when the ``detection`` extra is not installed."""
+    try:
+        import pycocotools.coco  # noqa: F401  (imports the compiled pycocotools.mask too)
+    except ImportError as e:
+        raise MissingExtraError(
+            f'detect needs pycocotools ({e}); install it with: pip install "attentive-norm[detection]"'
+        ) from e
+
+
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    # The detection package imports its pycocotools-based modules on first use, so the parser (and every
+    # other command) works without the extra.
     from ..detection.config import list_presets
 
     parser = subparsers.add_parser(
@@ -45,14 +63,19 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--batch-size", type=int, help="images per process (solver.batch_size)")
     train.add_argument("--lr", type=float, help="learning rate for solver.base_batch_size images")
     train.add_argument("--max-iters", type=int, help="stop after this many iterations (solver.max_iters)")
-    train.set_defaults(func=reports_errors(_train))
+    train.add_argument("--output-dir", help="where last.pth, metrics.json and vis/ go (output_dir)")
+    train.set_defaults(func=reports_errors(_train, also=(MissingExtraError,)))
 
     evaluate = commands.add_parser(
         "eval", help="evaluate a detection checkpoint with COCOeval", description=__doc__
     )
     evaluate.add_argument("--checkpoint", required=True, help="a checkpoint written by detect train")
     _common(evaluate, presets, default_config=None)
-    evaluate.set_defaults(func=reports_errors(_eval))
+    evaluate.add_argument(
+        "--output-dir",
+        help="where metrics.json and vis/ go (default: a new folder eval-<n> beside the checkpoint)",
+    )
+    evaluate.set_defaults(func=reports_errors(_eval, also=(MissingExtraError,)))
 
 
 def _common(parser: argparse.ArgumentParser, presets: str, default_config: str | None) -> None:
@@ -64,7 +87,6 @@ def _common(parser: argparse.ArgumentParser, presets: str, default_config: str |
     )  # fmt: skip
     parser.add_argument("--val-images", help="folder of the validation images")
     parser.add_argument("--val-ann", help="COCO instances JSON of the validation images")
-    parser.add_argument("--output-dir", help="where checkpoints, metrics.json and vis/ go")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), help="device (default: auto)")
     parser.add_argument("--visualize", type=int, metavar="N", help="draw predictions on N validation images")
 
@@ -87,12 +109,12 @@ _FLAGS: dict[str, str] = {
 }
 
 
-def _overrides(args: argparse.Namespace) -> list[str]:
-    """``--set`` values, then the dedicated flags (which win)."""
+def _overrides(args: argparse.Namespace, skip: tuple[str, ...] = ()) -> list[str]:
+    """``--set`` values, then the dedicated flags but those in ``skip`` (the flags win)."""
     flags = [
         f"{key}={getattr(args, name)}"
         for name, key in _FLAGS.items()
-        if getattr(args, name, None) is not None
+        if name not in skip and getattr(args, name, None) is not None
     ]
     return [*args.overrides, *flags]
 
@@ -104,6 +126,7 @@ def _setup_logging() -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
+    _require_pycocotools()
     from ..detection.config import load_config
     from ..detection.engine import train
 
@@ -114,11 +137,12 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
+    _require_pycocotools()
     from ..detection.config import load_config
     from ..detection.engine import evaluate
 
     _setup_logging()
-    overrides = _overrides(args)
+    overrides = _overrides(args, skip=("output_dir",))  # where this evaluation writes, not a setting
     cfg = load_config(args.config, overrides) if args.config else None
-    evaluate(args.checkpoint, cfg, overrides=() if cfg else overrides)
+    evaluate(args.checkpoint, cfg, overrides=() if cfg else overrides, output_dir=args.output_dir)
     return 0

@@ -82,7 +82,7 @@ class ZooFPNBackbone(nn.Module):
         return [name for name in self._strides if name != "pool"]
 
     def freeze(self, frozen_stages: int = 1, norm_eval: bool = True) -> None:
-        """The paper's backbone settings (SPEC.md §5); call once, before building the optimiser.
+        """The paper's backbone settings for COCO; call once, before building the optimiser.
 
         Args:
             frozen_stages: freeze the stem and this many stages: every module of the body that

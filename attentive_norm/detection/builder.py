@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import difflib
+import inspect
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from torch import nn
-from torchvision.models.detection import MaskRCNN
+from torchvision.models.detection import FasterRCNN, MaskRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
 from torchvision.models.detection.mask_rcnn import MaskRCNNPredictor
 from torchvision.models.detection.rpn import RPNHead
+from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import MultiScaleRoIAlign
 
 from .backbone import build_backbone
@@ -45,7 +48,8 @@ def maskrcnn(
     cascade: bool = False,
     **maskrcnn_kwargs: Any,
 ) -> MaskRCNN:
-    """The paper's Mask R-CNN FPN (SPEC.md §5) as a torchvision ``MaskRCNN`` (or its Cascade variant).
+    """The paper's Mask R-CNN FPN (its COCO experiments) as a torchvision ``MaskRCNN`` (or its Cascade
+    variant).
 
     Args:
         backbone: zoo model name (``resnet50_an``, ``resnet101``, ... any model with ``feature_info``).
@@ -66,8 +70,10 @@ def maskrcnn(
         backbone_kwargs: passed to the zoo builder.
         cascade: three box stages and three mask heads (:class:`CascadeRoIHeads`), each box head a
             4conv1fc head with ``head_norm``; otherwise Mask R-CNN's single stage.
-        maskrcnn_kwargs: passed to ``torchvision.models.detection.MaskRCNN`` (RPN/RoI sampling, NMS, ...).
+        maskrcnn_kwargs: passed to ``torchvision.models.detection.MaskRCNN`` (RPN/RoI sampling, NMS, ...);
+            a name it does not take (which it would silently ignore) is a ``ValueError``.
     """
+    check_maskrcnn_kwargs(maskrcnn_kwargs)
     if head_norm not in HEAD_NORMS:
         raise ValueError(f"head_norm must be one of {HEAD_NORMS}, got {head_norm!r}")
     derived = {"an_gn": "gn"}.get(head_norm, head_norm)
@@ -139,6 +145,37 @@ def maskrcnn(
             detections_per_img=heads.detections_per_img,
         )
     return model
+
+
+BUILT_HERE: frozenset[str] = frozenset(
+    {"backbone", "num_classes", "min_size", "max_size", "rpn_anchor_generator", "rpn_head", "box_roi_pool",
+     "box_head", "box_predictor", "mask_roi_pool", "mask_head", "mask_predictor"}
+)  # fmt: skip
+"""``MaskRCNN`` arguments :func:`maskrcnn` sets itself."""
+
+
+def maskrcnn_settings() -> list[str]:
+    """The keyword arguments of torchvision's ``MaskRCNN`` (with ``FasterRCNN``'s and its image
+    transform's, which it passes on) that ``maskrcnn_kwargs`` may set."""
+    names = set()
+    for function in (MaskRCNN.__init__, FasterRCNN.__init__, GeneralizedRCNNTransform.__init__):
+        for name, parameter in inspect.signature(function).parameters.items():
+            if parameter.kind is not parameter.VAR_KEYWORD and name != "self":
+                names.add(name)
+    return sorted(names - BUILT_HERE)
+
+
+def check_maskrcnn_kwargs(kwargs: dict[str, Any]) -> None:
+    """``ValueError`` naming a key torchvision would ignore (its ``**kwargs`` swallow any name) or one
+    :func:`maskrcnn` sets itself, with the closest valid name."""
+    valid = maskrcnn_settings()
+    for key in kwargs:
+        if key in BUILT_HERE:
+            raise ValueError(f"maskrcnn_kwargs: {key!r} is set by maskrcnn() itself (see its arguments)")
+        if key not in valid:
+            close = difflib.get_close_matches(key, valid, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; valid: {', '.join(valid)}"
+            raise ValueError(f"maskrcnn_kwargs: torchvision's MaskRCNN takes no {key!r}{hint}")
 
 
 def _box_predictor(in_channels: int, num_classes: int) -> FastRCNNPredictor:

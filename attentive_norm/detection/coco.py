@@ -1,7 +1,8 @@
 """COCO-format instance segmentation data: checked loading of an instances JSON and a map-style dataset.
 
-Bad input is handled before it reaches the model: a JSON that is not in COCO instances format raises
-:class:`CocoFormatError` with what is wrong; images whose files are missing, empty images and degenerate
+Bad input is handled before it reaches the model: a JSON that is not in COCO instances format (or whose
+image ids are not integers) raises :class:`CocoFormatError` with what is wrong, and so does an image,
+when loaded, whose size is not the JSON's; images whose files are missing, empty images and degenerate
 boxes, and annotations of image ids the JSON lacks are skipped and counted in :attr:`CocoInstances.skipped`
 (reported once, in one line). Images of any mode (grey, palette, CMYK, alpha, 16-bit) become 8-bit RGB.
 """
@@ -15,9 +16,9 @@ import logging
 import math
 import warnings
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -33,6 +34,7 @@ from ..data.images import open_rgb
 log = logging.getLogger(__name__)
 
 Target = dict[str, Tensor]
+T = TypeVar("T")
 
 
 class CocoFormatError(DataError):
@@ -72,6 +74,7 @@ def load_coco_instances(path: str | Path) -> COCO:
     for i, im in enumerate(data["images"]):
         ok = isinstance(im, dict) and "id" in im and isinstance(im.get("file_name"), str)
         _require(ok, path, f"images[{i}] needs 'id' and 'file_name'")
+        _require(_is_int(im["id"]), path, f"images[{i}] has id {im['id']!r}; image ids must be integers")
         ok = all(isinstance(im.get(k), int | float) for k in ("width", "height"))
         _require(ok, path, f"images[{i}] (id {im['id']}) needs numeric 'width' and 'height'")
     ids = [im["id"] for im in data["images"]]
@@ -79,6 +82,8 @@ def load_coco_instances(path: str | Path) -> COCO:
     for i, a in enumerate(data["annotations"]):
         ok = isinstance(a, dict) and all(k in a for k in ("id", "image_id", "category_id"))
         _require(ok, path, f"annotations[{i}] needs 'id', 'image_id' and 'category_id'")
+        ok = _is_int(a["image_id"])
+        _require(ok, path, f"annotations[{i}] has image_id {a['image_id']!r}; image ids must be integers")
         box = a.get("bbox")
         ok = isinstance(box, list) and len(box) == 4 and all(isinstance(v, int | float) for v in box)
         _require(ok, path, f"annotations[{i}] (id {a['id']}) needs 'bbox' as [x, y, width, height]")
@@ -92,24 +97,50 @@ def load_coco_instances(path: str | Path) -> COCO:
     return coco
 
 
-def decode_segmentation(segmentation: Any, height: int, width: int) -> np.ndarray | None:
-    """A COCO segmentation (polygons, RLE or compressed RLE) as an H×W uint8 mask; ``None`` if unusable."""
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def usable_segmentation(segmentation: Any, height: float, width: float) -> list | dict | None:
+    """The part of a COCO segmentation the detector uses: its polygons of at least 3 points (the list
+    itself if all are), or an RLE of the image's size; ``None`` if nothing is usable (the box is then the
+    mask)."""
     if isinstance(segmentation, list):
         polygons = [p for p in segmentation if isinstance(p, list) and len(p) >= 6 and len(p) % 2 == 0]
-        if not polygons:
-            return None
-        rle = mask_utils.merge(mask_utils.frPyObjects(polygons, height, width))
-    elif isinstance(segmentation, dict) and "counts" in segmentation and "size" in segmentation:
-        if list(segmentation["size"]) != [height, width]:
-            return None
-        rle = segmentation
-        if isinstance(rle["counts"], list):
-            rle = mask_utils.frPyObjects(rle, height, width)
-    else:
+        return segmentation if len(polygons) == len(segmentation) > 0 else polygons or None
+    if isinstance(segmentation, dict) and "counts" in segmentation and "size" in segmentation:
+        return segmentation if list(segmentation["size"]) == [height, width] else None
+    return None
+
+
+def decode_segmentation(segmentation: Any, height: int, width: int) -> np.ndarray | None:
+    """A COCO segmentation (polygons, RLE or compressed RLE) as an H×W uint8 mask; ``None`` if unusable."""
+    usable = usable_segmentation(segmentation, height, width)
+    if usable is None:
         return None
+    if isinstance(usable, list):
+        rle = mask_utils.merge(mask_utils.frPyObjects(usable, height, width))
+    else:
+        rle = mask_utils.frPyObjects(usable, height, width) if isinstance(usable["counts"], list) else usable
     with warnings.catch_warnings():  # pycocotools' numpy-2 "copy keyword" deprecation, harmless here
         warnings.simplefilter("ignore", DeprecationWarning)
         return mask_utils.decode(rle).astype(np.uint8)
+
+
+def clipped_box(bbox: Sequence[float], width: float, height: float) -> list[float]:
+    """A COCO box [x, y, w, h] as [x1, y1, x2, y2], clipped to the image."""
+    x, y, w, h = bbox
+    return [max(x, 0.0), max(y, 0.0), min(x + w, width), min(y + h, height)]
+
+
+def box_mask(box_xyxy: Sequence[float], height: int, width: int) -> np.ndarray:
+    """The H×W uint8 mask of the pixels a clipped box (:func:`clipped_box`) touches: the mask of an
+    annotation without a usable segmentation, in training and in evaluation alike."""
+    mask = np.zeros((height, width), np.uint8)
+    if all(math.isfinite(v) for v in box_xyxy):
+        x1, y1, x2, y2 = box_xyxy
+        mask[int(y1) : max(math.ceil(y2), 0), int(x1) : max(math.ceil(x2), 0)] = 1
+    return mask
 
 
 class CocoInstances(Dataset):
@@ -141,6 +172,7 @@ class CocoInstances(Dataset):
         seed: int = 0,
     ) -> None:
         self.image_dir = Path(image_dir)
+        self.ann_file = Path(ann_file)
         self.coco = load_coco_instances(ann_file)
         self.train = train
         self.flip_prob = flip_prob if train else 0.0
@@ -163,6 +195,12 @@ class CocoInstances(Dataset):
             raise DataError(
                 f"no usable images in {ann_file} with image folder {self.image_dir} ({self.skip_summary()})"
             )
+
+    @property
+    def categories(self) -> list[dict[str, Any]]:
+        """``{"id", "name"}`` of every category, in label order (label 1 first): what a model trained on
+        this data predicts, recorded in its checkpoints."""
+        return [{"id": c, "name": n} for c, n in zip(self.cat_ids, self.class_names)]
 
     def skip_summary(self) -> str:
         """One line: what was skipped and how often."""
@@ -193,10 +231,8 @@ class CocoInstances(Dataset):
         kept = []
         for ann in self.coco.imgToAnns.get(image_id, []):
             reason = None
-            x, y, w, h = ann["bbox"]
-            x1, y1 = max(x, 0.0), max(y, 0.0)
-            x2, y2 = min(x + w, width), min(y + h, height)
-            if not all(math.isfinite(v) for v in (x, y, w, h)) or min(x2 - x1, y2 - y1) < self.min_box_size:
+            x1, y1, x2, y2 = clipped_box(ann["bbox"], width, height)
+            if not all(math.isfinite(v) for v in ann["bbox"]) or min(x2 - x1, y2 - y1) < self.min_box_size:
                 reason = "degenerate boxes"
             elif ann["category_id"] not in self.cat_id_to_label:
                 reason = "annotations with an unknown category"
@@ -212,20 +248,34 @@ class CocoInstances(Dataset):
         return len(self.image_ids)
 
     def load_image(self, index: int) -> Image.Image:
-        """The RGB image of item ``index``; a clear error for an unreadable file."""
-        path = self.image_dir / self.coco.imgs[self.image_ids[index]]["file_name"]
+        """The RGB image of item ``index``; a clear error for an unreadable file.
+
+        Raises :class:`CocoFormatError` for an image whose size is not the JSON's ``width`` and
+        ``height``: its polygons and RLEs were drawn for the JSON's size, so its masks would be wrong.
+        """
+        info = self.coco.imgs[self.image_ids[index]]
+        path = self.image_dir / info["file_name"]
         try:
-            return open_rgb(path)
+            image = open_rgb(path)
         except (OSError, UnidentifiedImageError) as e:
             raise DataError(f"cannot read image {path}: {e}") from e
+        if image.size != (info["width"], info["height"]):
+            raise CocoFormatError(
+                f"{self.ann_file}: image {path} is {image.width}x{image.height} pixels, but the file says "
+                f"width {info['width']}, height {info['height']}; correct its entry (id {info['id']})"
+            )
+        return image
 
     def __getitem__(self, key: int | tuple[int, int]) -> tuple[Tensor, Target] | None:
         """The image tensor and its target; ``None`` for an image file that cannot be decoded (logged
-        with its path, then left out and counted by :func:`collate` and the training loop)."""
+        with its path, then left out and counted by :func:`collate` and the training loop). An image of
+        another size than the JSON says is a :class:`CocoFormatError` (see :meth:`load_image`)."""
         epoch, index = key if isinstance(key, tuple) else (0, key)
         image_id = self.image_ids[index]
         try:
             image = self.load_image(index)
+        except CocoFormatError:  # the JSON is wrong, not this file: skipping would hide it
+            raise
         except DataError as e:
             log.warning("skipping: %s", e)
             return None
@@ -234,11 +284,7 @@ class CocoInstances(Dataset):
         masks = []
         for ann in anns:
             mask = decode_segmentation(ann.get("segmentation"), height, width)
-            if mask is None:  # no usable segmentation: the box is the mask
-                mask = np.zeros((height, width), np.uint8)
-                x1, y1, x2, y2 = ann["bbox_xyxy"]
-                mask[int(y1) : math.ceil(y2), int(x1) : math.ceil(x2)] = 1
-            masks.append(mask)
+            masks.append(box_mask(ann["bbox_xyxy"], height, width) if mask is None else mask)
         target = {
             "boxes": torch.tensor([a["bbox_xyxy"] for a in anns], dtype=torch.float32).reshape(-1, 4),
             "labels": torch.tensor([self.cat_id_to_label[a["category_id"]] for a in anns], dtype=torch.int64),
@@ -262,6 +308,18 @@ def hflip(image: Tensor, target: Target) -> tuple[Tensor, Target]:
     boxes = target["boxes"].clone()
     boxes[:, [0, 2]] = width - target["boxes"][:, [2, 0]]
     return image.flip(-1), {**target, "boxes": boxes, "masks": target["masks"].flip(-1)}
+
+
+def batches(loader: Iterable[T]) -> Iterator[T]:
+    """The batches of ``loader``. A :class:`DataError` raised in a loader worker is re-raised with its own
+    one-line message: torch re-raises it with the worker's traceback in front of that message."""
+    try:
+        yield from loader
+    except DataError as e:
+        lines = str(e).splitlines()
+        if len(lines) < 2 or not lines[0].startswith("Caught "):
+            raise
+        raise type(e)(lines[-1].split(": ", 1)[-1]) from e
 
 
 def collate(batch: Sequence[tuple[Tensor, Target] | None]) -> tuple[list[Tensor], list[Target], int]:

@@ -1,8 +1,9 @@
 """Detection run configuration: typed sections read from YAML presets, with ``section.key=value`` overrides.
 
-A YAML file may name a ``_base_`` file (relative to itself) whose settings it extends. Unknown keys
-are errors, so a typo never silently falls back to a default. Presets ship in
-``attentive_norm/configs/detection`` and are found by name (``maskrcnn_r50_an_fpn_2x``).
+A YAML file may name a ``_base_`` file (relative to itself) whose settings it extends. Unknown keys and
+values of the wrong type are errors, so a typo never silently falls back to a default or reaches the
+model. Presets ship in ``attentive_norm/configs/detection`` and are found by name
+(``mask_rcnn_r50_an_fpn_2x``).
 """
 
 from __future__ import annotations
@@ -81,7 +82,7 @@ class DataConfig:
 
 @dataclass
 class SolverConfig:
-    """SGD with linear warm-up and step decay at epoch milestones (SPEC.md §5).
+    """SGD with linear warm-up and step decay at epoch milestones (the paper's COCO settings).
 
     ``lr`` is for a global batch of ``base_batch_size`` images and scales linearly with the actual
     global batch (``batch_size`` per process × processes).
@@ -174,21 +175,55 @@ def _build(cls: type, data: dict[str, Any], where: str) -> Any:
     for key, value in data.items():
         hint = hints[key]
         if dataclasses.is_dataclass(hint):
-            value = _build(hint, value, f"{where}{key}.")
-        elif (
-            value is not None
-            and _accepts_float(hint)
-            and isinstance(value, int)
-            and not isinstance(value, bool)
-        ):
-            value = float(value)
-        kwargs[key] = value
+            kwargs[key] = _build(hint, value, f"{where}{key}.")
+            continue
+        converted = _convert(value, hint)
+        if converted is _WRONG:
+            raise ConfigError(f"config key {where}{key} must be {_type_name(hint)}, got {value!r}")
+        kwargs[key] = converted
     return cls(**kwargs)
 
 
-def _accepts_float(hint: Any) -> bool:
-    args = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
-    return float in args and int not in args
+_WRONG = object()
+
+
+def _convert(value: Any, hint: Any) -> Any:
+    """``value`` as type ``hint`` (ints and numeric strings become floats where a float is expected:
+    YAML reads ``1e-4`` as a string), or ``_WRONG``."""
+    if hint is Any:
+        return value
+    if isinstance(hint, types.UnionType):
+        for option in typing.get_args(hint):
+            converted = _convert(value, option)
+            if converted is not _WRONG:
+                return converted
+        return _WRONG
+    if hint is type(None):
+        return None if value is None else _WRONG
+    if isinstance(value, bool):
+        return value if hint is bool else _WRONG
+    if hint is float and isinstance(value, int | float):
+        return float(value)
+    if hint is float and isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return _WRONG
+    origin = typing.get_origin(hint)
+    if origin is list and isinstance(value, list):
+        items = [_convert(v, typing.get_args(hint)[0]) for v in value]
+        return _WRONG if any(v is _WRONG for v in items) else items
+    if origin is dict:
+        return value if isinstance(value, dict) else _WRONG
+    return value if origin is None and isinstance(value, hint) else _WRONG
+
+
+def _type_name(hint: Any) -> str:
+    if isinstance(hint, types.UnionType):
+        return " or ".join(_type_name(option) for option in typing.get_args(hint))
+    if hint is type(None):
+        return "null"
+    return str(hint).replace("typing.", "") if typing.get_origin(hint) else hint.__name__
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

@@ -1,17 +1,20 @@
 """Detection runs: train Mask R-CNN on COCO-format data (single process or ``torchrun``), evaluate it.
 
-Training follows SPEC.md §5: SGD, linear warm-up from ``warmup_factor`` over ``warmup_iters``, the
-learning rate divided by 10 at each epoch milestone, gradient-norm clipping. The sampler, the per-image
-augmentation and the saved RNG states make a resumed run repeat the uninterrupted one exactly.
+Training follows the paper's COCO experiments: SGD, linear warm-up from ``warmup_factor`` over
+``warmup_iters``, the learning rate divided by 10 at each epoch milestone, gradient-norm clipping. The
+sampler, the per-image augmentation and the saved RNG states make a resumed run repeat the uninterrupted
+one exactly. Paths are recorded absolute, so ``detect eval`` works from any folder.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
 import time
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +28,15 @@ from ..data.sampler import ShardSampler
 from ..engine import distributed
 from ..engine.config import ConfigError
 from .builder import maskrcnn
-from .checkpointing import TrainState, read_detection_checkpoint, restore_training_state, save_training_state
-from .coco import CocoInstances, collate
+from .checkpointing import (
+    TrainState,
+    check_categories,
+    load_model_state,
+    read_detection_checkpoint,
+    restore_training_state,
+    save_training_state,
+)
+from .coco import CocoInstances, batches, collate
 from .config import DetectionConfig, ModelConfig, load_config
 from .evaluation import coco_evaluate, format_ap_table, predict
 from .shapes import make_shapes_split
@@ -79,6 +89,23 @@ def _build(cfg: ModelConfig, num_classes: int, load_pretrained: bool) -> nn.Modu
         cascade=cfg.cascade,
         **cfg.maskrcnn_kwargs,
     )
+
+
+def _absolute(path: str) -> str:
+    return str(Path(path).expanduser().resolve())
+
+
+def absolute_paths(cfg: DetectionConfig) -> None:
+    """Make every path of ``cfg`` absolute (against the current folder), so that the configuration a
+    checkpoint records still finds its data, weights and run folder from any other folder."""
+    data = cfg.data
+    for key in ("train_images", "train_ann", "val_images", "val_ann"):
+        if getattr(data, key):
+            setattr(data, key, _absolute(getattr(data, key)))
+    data.shapes.root = _absolute(data.shapes.root)
+    if cfg.model.pretrained_backbone:
+        cfg.model.pretrained_backbone = _absolute(cfg.model.pretrained_backbone)
+    cfg.output_dir = _absolute(cfg.output_dir)
 
 
 def resolve_data(cfg: DetectionConfig, env: distributed.DistEnv) -> None:
@@ -163,12 +190,21 @@ def _report(
     dataset: CocoInstances,
     cfg: DetectionConfig,
     env: Any,
+    out: Path,
+    checkpoint: str | Path,
 ) -> None:
-    """Main process: print the AP table, write ``metrics.json`` and the visualisations."""
-    out = Path(cfg.output_dir)
+    """Main process: print the AP table, write ``out/metrics.json`` (the APs, null where a size range has
+    no ground truth, and the checkpoint and data they belong to) and the visualisations in ``out/vis``."""
     out.mkdir(parents=True, exist_ok=True)
     print(format_ap_table(metrics), flush=True)
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    record = {
+        **{task: {k: None if math.isnan(v) else v for k, v in ap.items()} for task, ap in metrics.items()},
+        "checkpoint": str(Path(checkpoint).resolve()),
+        "val_images": str(dataset.image_dir.resolve()),
+        "val_ann": str(dataset.ann_file.resolve()),
+    }
+    (out / "metrics.json").write_text(json.dumps(record, indent=2, allow_nan=False) + "\n")
+    print(f"metrics written to {out / 'metrics.json'}", flush=True)
     if cfg.visualize:
         paths = save_visualizations(
             model,
@@ -198,6 +234,7 @@ def train(cfg: DetectionConfig, resume: str | None = None) -> dict[str, dict[str
 def _train(
     cfg: DetectionConfig, env: distributed.DistEnv, resume: str | None
 ) -> dict[str, dict[str, float]] | None:
+    absolute_paths(cfg)
     out = Path(cfg.output_dir)
     if env.is_main:
         out.mkdir(parents=True, exist_ok=True)
@@ -221,6 +258,8 @@ def _train(
             raise FileNotFoundError(f"checkpoint to resume from not found: {resume_path}")
         resume_path = None
     checkpoint = read_detection_checkpoint(resume_path) if resume_path else None
+    if checkpoint is not None:
+        check_categories(checkpoint, resume_path, train_set.categories, train_set.ann_file)
 
     torch.manual_seed(cfg.seed)
     model = build_detector(cfg.model, len(train_set.cat_ids), load_pretrained=checkpoint is None).to(
@@ -234,7 +273,7 @@ def _train(
     )
     state = TrainState()
     if checkpoint is not None:
-        state = restore_training_state(checkpoint, model, optimizer, env.rank)
+        state = restore_training_state(checkpoint, model, optimizer, env.rank, resume_path, asdict(cfg.model))
         log.info("resumed from %s at epoch %d, batch %d", resume_path, state.epoch, state.batch)
     trained = DistributedDataParallel(model) if env.distributed else model
 
@@ -256,7 +295,7 @@ def _train(
         generator=torch.Generator().manual_seed(cfg.seed),  # keeps the global RNG out of the loader
     )
     max_iters = solver.max_iters if solver.max_iters is not None else solver.epochs * iters_per_epoch
-    config = cfg.to_dict()
+    config, categories = cfg.to_dict(), train_set.categories
     if env.is_main:
         log.info(
             "training on %d images (%s), %d iterations/epoch, base lr %.4g, %d process(es), device %s",
@@ -266,8 +305,9 @@ def _train(
     start = time.perf_counter()
     unreadable_images = 0
     while state.epoch < solver.epochs and state.iteration < max_iters:
-        sampler.set_epoch(state.epoch, state.batch)
-        for images, targets, unreadable in loader:
+        epoch = state.epoch  # 0-based, as the iteration lines print it
+        sampler.set_epoch(epoch, state.batch)
+        for images, targets, unreadable in batches(loader):
             unreadable_images += unreadable
             if distributed.on_any_process(not images, env.device):
                 # Every image of some process's batch was unreadable: all processes skip the step
@@ -278,7 +318,9 @@ def _train(
             else:
                 _step(trained, optimizer, images, targets, cfg, state, iters_per_epoch, base_lr, env, start)
             if cfg.checkpoint_interval and state.iteration % cfg.checkpoint_interval == 0:
-                save_training_state(out / CHECKPOINT_NAME, model, optimizer, state, config, env.is_main)
+                save_training_state(
+                    out / CHECKPOINT_NAME, model, optimizer, state, config, categories, env.is_main
+                )
             if state.iteration >= max_iters:
                 break
         if state.batch >= iters_per_epoch:
@@ -287,9 +329,9 @@ def _train(
             distributed.all_reduce_sum(torch.tensor([unreadable_images], device=env.device)).item()
         )
         if unreadable_total and env.is_main:
-            log.warning("epoch %d: %d unreadable image(s) skipped", state.epoch, unreadable_total)
+            log.warning("epoch %d: %d unreadable image(s) skipped", epoch, unreadable_total)
         unreadable_images = 0
-        save_training_state(out / CHECKPOINT_NAME, model, optimizer, state, config, env.is_main)
+        save_training_state(out / CHECKPOINT_NAME, model, optimizer, state, config, categories, env.is_main)
         if (
             val_set is not None
             and cfg.eval_interval
@@ -298,14 +340,14 @@ def _train(
         ):
             metrics = evaluate_model(model, val_set, cfg, env)
             if metrics is not None:
-                log.info("epoch %d:\n%s", state.epoch, format_ap_table(metrics))
+                log.info("after epoch %d:\n%s", epoch, format_ap_table(metrics))
     if env.is_main:
         log.info("training done in %.1f s (%d iterations)", time.perf_counter() - start, state.iteration)
     if val_set is None:
         return None
     metrics = evaluate_model(model, val_set, cfg, env)
     if metrics is not None:
-        _report(metrics, model, val_set, cfg, env)
+        _report(metrics, model, val_set, cfg, env, out, out / CHECKPOINT_NAME)
     return metrics
 
 
@@ -352,23 +394,79 @@ def _step(
 
 
 def evaluate(
-    checkpoint: str | Path, cfg: DetectionConfig | None = None, overrides: Sequence[str] = ()
+    checkpoint: str | Path,
+    cfg: DetectionConfig | None = None,
+    overrides: Sequence[str] = (),
+    output_dir: str | Path | None = None,
 ) -> dict[str, dict[str, float]] | None:
     """Evaluate a detection checkpoint on the validation data of ``cfg`` (default: the checkpoint's own
-    configuration with ``overrides``); prints the AP table and draws predictions. Returns the metrics on
-    the main process."""
+    configuration with ``overrides``); prints the AP table, writes ``metrics.json`` and draws predictions
+    in ``output_dir`` (default: a new folder ``eval-<n>`` beside the checkpoint, so neither the training
+    run's results nor an earlier evaluation's are overwritten). Returns the metrics on the main process.
+
+    Data whose categories are not those the checkpoint was trained on are refused."""
     data = read_detection_checkpoint(checkpoint)
-    cfg = cfg or load_config(overrides=overrides, base=data["config"])
+    cfg = cfg or _checkpoint_config(data, Path(checkpoint), overrides)
     env = distributed.setup(cfg.device)
     try:
         resolve_data(cfg, env)
         val_set = _dataset(cfg.data.val_images, cfg.data.val_ann, "validation", cfg, train=False)
+        check_categories(data, checkpoint, val_set.categories, val_set.ann_file)
         model = build_detector(cfg.model, len(val_set.cat_ids), load_pretrained=False)
-        model.load_state_dict(data["model"])
+        load_model_state(model, data, checkpoint, asdict(cfg.model))
         model.to(env.device)
         metrics = evaluate_model(model, val_set, cfg, env)
         if metrics is not None:
-            _report(metrics, model, val_set, cfg, env)
+            out = Path(output_dir) if output_dir else _new_folder(Path(checkpoint).parent, "eval")
+            _report(metrics, model, val_set, cfg, env, out, checkpoint)
         return metrics
     finally:
         distributed.cleanup()
+
+
+def _new_folder(parent: Path, stem: str) -> Path:
+    """Create and return ``parent/<stem>-<n>`` for the first ``n`` (from 1) not taken."""
+    n = 1
+    while True:
+        folder = parent / f"{stem}-{n}"
+        try:
+            folder.mkdir(parents=True)
+        except FileExistsError:
+            n += 1
+        else:
+            return folder
+
+
+def _checkpoint_config(data: dict[str, Any], checkpoint: Path, overrides: Sequence[str]) -> DetectionConfig:
+    """The checkpoint's configuration with ``overrides``. Checkpoints of older versions recorded relative
+    validation paths: they are taken relative to the folder training ran in, known while the checkpoint
+    is still in its (relative) ``output_dir``; otherwise a path missing from here is a clear error."""
+    saved = copy.deepcopy(data["config"])
+    root = _training_folder(checkpoint, str(saved.get("output_dir", "")))
+    unresolved = {}
+    for key in ("val_images", "val_ann"):
+        path = saved.get("data", {}).get(key)
+        if path and not Path(path).is_absolute():
+            if root is not None:
+                saved["data"][key] = str(root / path)
+            else:
+                unresolved[key] = path
+    cfg = load_config(overrides=overrides, base=saved)
+    for key, path in unresolved.items():
+        if getattr(cfg.data, key) == path and not Path(path).exists():
+            raise ConfigError(
+                f"{checkpoint} records data.{key} as {path!r}, relative to the folder its training ran in, "
+                f"which is unknown now that the checkpoint has moved; pass --val-images and --val-ann"
+            )
+    return cfg
+
+
+def _training_folder(checkpoint: Path, output_dir: str) -> Path | None:
+    """The folder a run with relative ``output_dir`` was started in, if ``checkpoint`` is still inside it."""
+    parts = Path(output_dir).parts
+    if not output_dir or Path(output_dir).is_absolute() or ".." in parts:
+        return None
+    folder = checkpoint.resolve().parent.parts
+    if folder[len(folder) - len(parts) :] != parts:
+        return None
+    return Path(*folder[: len(folder) - len(parts)])

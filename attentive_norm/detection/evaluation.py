@@ -14,7 +14,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from torch import Tensor, nn
 
-from .coco import Target
+from .coco import Target, batches, box_mask, clipped_box, usable_segmentation
 
 METRICS: tuple[str, ...] = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 """The first six numbers of ``COCOeval.stats``, in percent."""
@@ -62,7 +62,7 @@ def predict(
     label_to_cat_id = loader.dataset.label_to_cat_id
     results, image_ids = [], []
     try:
-        for images, targets, _ in loader:
+        for images, targets, _ in batches(loader):
             if not images:
                 continue
             ids = [int(t["image_id"]) for t in targets]
@@ -74,12 +74,43 @@ def predict(
     return results, image_ids
 
 
+def mask_ground_truth(coco_gt: COCO, image_ids: Iterable[int]) -> COCO:
+    """``coco_gt`` with the masks the detector trains on: an annotation of ``image_ids`` without a usable
+    segmentation (none, ``[]``, polygons of fewer than 3 points, an RLE of another size) gets its box as
+    mask, as in training, and keeps only its usable polygons otherwise; COCOeval would crash on them."""
+    changed: dict[int, dict] = {}  # by the annotation object's identity: ids may repeat in bad files
+    for image_id in image_ids:
+        info = coco_gt.imgs[image_id]
+        height, width = int(info["height"]), int(info["width"])
+        for ann in coco_gt.imgToAnns.get(image_id, []):
+            segmentation = ann.get("segmentation")
+            usable = usable_segmentation(segmentation, height, width)
+            if usable is None:
+                mask = box_mask(clipped_box(ann["bbox"], width, height), height, width)
+                rle = mask_utils.encode(np.asfortranarray(mask))
+                usable = {"size": rle["size"], "counts": rle["counts"].decode("ascii")}
+            if usable is not segmentation:
+                changed[id(ann)] = {**ann, "segmentation": usable}
+    if not changed:
+        return coco_gt
+    sanitised = COCO()
+    sanitised.dataset = {
+        **coco_gt.dataset,
+        "annotations": [changed.get(id(a), a) for a in coco_gt.dataset["annotations"]],
+    }
+    with contextlib.redirect_stdout(io.StringIO()):
+        sanitised.createIndex()
+    return sanitised
+
+
 def coco_evaluate(
     coco_gt: COCO, results: list[dict], image_ids: Iterable[int], iou_types: Iterable[str] = ("bbox", "segm")
 ) -> dict[str, dict[str, float]]:
-    """COCOeval on ``image_ids``; returns ``{"box": {"AP": .., "AP50": .., ...}, "mask": {...}}`` in percent.
+    """COCOeval on ``image_ids``; returns ``{"box": {"AP": .., "AP50": .., ...}, "mask": {...}}`` in percent,
+    NaN where a size range has no ground truth.
 
-    With no detections at all every AP is 0 (COCOeval cannot load an empty result list).
+    With no detections at all every AP is 0 (COCOeval cannot load an empty result list). Mask AP is
+    measured against :func:`mask_ground_truth`.
     """
     image_ids = sorted(set(image_ids))
     metrics: dict[str, dict[str, float]] = {}
@@ -91,9 +122,10 @@ def coco_evaluate(
         if not usable:
             metrics[IOU_TYPES[iou_type]] = dict.fromkeys(METRICS, 0.0)
             continue
+        gt = mask_ground_truth(coco_gt, image_ids) if iou_type == "segm" else coco_gt
         with contextlib.redirect_stdout(io.StringIO()):
-            coco_dt = coco_gt.loadRes(usable)
-            evaluator = COCOeval(coco_gt, coco_dt, iou_type)
+            coco_dt = gt.loadRes(usable)
+            evaluator = COCOeval(gt, coco_dt, iou_type)
             evaluator.params.imgIds = image_ids
             evaluator.evaluate()
             evaluator.accumulate()

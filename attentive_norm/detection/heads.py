@@ -1,8 +1,8 @@
 """RoI heads of the paper's Mask R-CNN: the "4conv1fc" box head and the 4-conv mask head, with their norms.
 
-Head norms (SPEC.md §5): ``"none"``, ``"bn"``, ``"gn"`` (GroupNorm, 32 groups) and ``"an_gn"``, the
-paper's "AN (w/ GN)" head: GroupNorm-based Attentive Normalization after each box-head conv, with
-K = 10, 10, 20, 20 mixture components, while the FPN and the mask head use GroupNorm.
+Head norms of the paper's COCO experiments: ``"none"``, ``"bn"``, ``"gn"`` (GroupNorm, 32 groups) and
+``"an_gn"``, the paper's "AN (w/ GN)" head: GroupNorm-based Attentive Normalization after each box-head
+conv, with K = 10, 10, 20, 20 mixture components, while the FPN and the mask head use GroupNorm.
 """
 
 from __future__ import annotations

@@ -2,6 +2,7 @@
 
 import json
 import logging
+import re
 from pathlib import Path
 
 import numpy as np
@@ -9,9 +10,16 @@ import pytest
 import torch
 from PIL import Image
 from pycocotools import mask as mask_utils
+from torch.utils.data import DataLoader
 
 from attentive_norm.data.folder import DataError
-from attentive_norm.detection.coco import CocoFormatError, CocoInstances, collate, load_coco_instances
+from attentive_norm.detection.coco import (
+    CocoFormatError,
+    CocoInstances,
+    batches,
+    collate,
+    load_coco_instances,
+)
 from attentive_norm.detection.shapes import SHAPE_CLASSES, make_shapes_split
 
 
@@ -203,3 +211,38 @@ def test_rle_and_missing_segmentations(tmp_path: Path) -> None:
     assert target["labels"].tolist() == [1, 1, 1, 1]
     for mask in target["masks"]:
         assert torch.equal(mask, torch.from_numpy(m))
+
+
+@pytest.mark.parametrize(
+    ("where", "message"),
+    [("images", r"images\[0\] has id 'im1'; image ids must be integers"), ("annotations", r"image_id 'im1'")],
+)
+def test_image_ids_that_are_not_integers_are_refused_upfront(tmp_path: Path, shapes, where, message) -> None:
+    """String ids passed the checks, then crashed at the first batch (torch.tensor of a string)."""
+    data = _dataset_dict(shapes)
+    if where == "images":
+        old = data["images"][0]["id"]
+        data["images"][0]["id"] = "im1"
+        for ann in data["annotations"]:
+            ann["image_id"] = "im1" if ann["image_id"] == old else ann["image_id"]
+    else:
+        data["annotations"][0]["image_id"] = "im1"
+    with pytest.raises(CocoFormatError, match=rf"strids\.json.*{message}"):
+        CocoInstances(shapes.image_dir, _write(tmp_path / "strids.json", data))
+
+
+def test_an_image_of_another_size_than_the_json_says_is_an_error(tmp_path: Path, shapes) -> None:
+    """Polygons and RLEs are drawn at the JSON's size: masks of a differently sized image would be wrong."""
+    data = _dataset_dict(shapes)
+    data["images"][1].update(width=32, height=48)
+    ds = CocoInstances(shapes.image_dir, _write(tmp_path / "sizes.json", data))
+    assert ds[0] is not None
+    expected = r"sizes\.json: image .*000002\.png is 64x64 pixels, but the file says width 32, height 48"
+    with pytest.raises(CocoFormatError, match=expected):
+        ds[1]
+    loader = DataLoader(ds, batch_size=2, collate_fn=collate, num_workers=1)  # raised in a worker
+    with pytest.raises(CocoFormatError) as info:
+        list(batches(loader))
+    message = str(info.value)  # the worker's traceback, which torch puts in front, is left out
+    assert message.startswith(str(tmp_path / "sizes.json")) and re.search(expected, message)
+    assert "\n" not in message

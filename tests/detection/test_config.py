@@ -1,10 +1,13 @@
 """Detection configs: the paper's presets, _base_ inheritance, overrides, unknown keys; the LR schedule."""
 
+import re
 from pathlib import Path
 
 import pytest
 
-from attentive_norm.detection.config import list_presets, load_config
+import attentive_norm.detection as detection
+import attentive_norm.detection.config as detection_config
+from attentive_norm.detection.config import PRESET_DIR, list_presets, load_config
 from attentive_norm.detection.engine import lr_factor
 from attentive_norm.engine.config import ConfigError
 
@@ -45,11 +48,39 @@ def test_files_bases_and_overrides(tmp_path: Path) -> None:
         (["model.backbon=resnet20"], "unknown config key.*backbon"),
         (["solver=3"], "must be a mapping"),
         (["lr0.1"], "section.key=value"),
+        (["solver.batch_size=abc"], "config key solver.batch_size must be int, got 'abc'"),
+        (["solver.grad_clip=[1]"], r"solver.grad_clip must be float or null"),
+        (["model.an_mixtures=[2, two]"], r"model.an_mixtures must be list\[int\]"),
+        (["model.norm_eval=1"], "model.norm_eval must be bool"),
+        (["data.shapes.num_train=1.5"], "data.shapes.num_train must be int"),
     ],
 )
 def test_bad_settings_are_config_errors(overrides: list[str], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         load_config(None, overrides)
+
+
+def test_values_are_converted_to_their_setting_type(tmp_path: Path) -> None:
+    cfg = load_config(None, ["solver.weight_decay=1e-4", "solver.lr=1", "model.anchor_sizes=[8, 16]"])
+    assert cfg.solver.weight_decay == 1e-4 and isinstance(cfg.solver.lr, float)  # YAML reads 1e-4 as text
+    assert all(isinstance(v, float) for v in cfg.model.anchor_sizes)
+    path = tmp_path / "bad.yaml"
+    path.write_text("solver: {epochs: twenty}\n")
+    with pytest.raises(ConfigError, match=r"solver\.epochs must be int, got 'twenty'"):
+        load_config(path)
+
+
+def test_docs_point_to_what_exists() -> None:
+    """The package docstring names the README section, the config docstring real presets, and the presets
+    cite the paper (not a file outside this repository)."""
+    section = "Detection and instance segmentation (Mask R-CNN)"
+    assert f"## {section}" in (Path(__file__).parents[2] / "README.md").read_text()
+    assert section in " ".join(detection.__doc__.split()) and "docs/" not in detection.__doc__
+    named = re.findall(r"``(\w+_fpn_\w+)``", detection_config.__doc__)
+    assert named and set(named) <= set(list_presets())
+    for path in PRESET_DIR.glob("*rcnn*.yaml"):
+        text = path.read_text()
+        assert "SPEC.md" not in text and "arXiv:1908.01259" in text, path.name
 
 
 def test_unknown_preset() -> None:

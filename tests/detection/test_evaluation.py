@@ -1,5 +1,6 @@
 """COCOeval wrapper: perfect predictions score 100, none score 0; results and table formatting; drawings."""
 
+import json
 import math
 from pathlib import Path
 
@@ -8,7 +9,13 @@ import torch
 from PIL import Image
 
 from attentive_norm.detection.coco import CocoInstances
-from attentive_norm.detection.evaluation import METRICS, coco_evaluate, format_ap_table, to_coco_results
+from attentive_norm.detection.evaluation import (
+    METRICS,
+    coco_evaluate,
+    format_ap_table,
+    mask_ground_truth,
+    to_coco_results,
+)
 from attentive_norm.detection.shapes import make_shapes_split
 from attentive_norm.detection.visualize import draw_predictions, save_visualizations
 
@@ -54,6 +61,29 @@ def test_wrong_classes_and_no_detections_score_0(val: CocoInstances) -> None:
     assert metrics["box"]["AP"] == 0.0
     empty = coco_evaluate(val.coco, [], ids)
     assert empty == {"box": dict.fromkeys(METRICS, 0.0), "mask": dict.fromkeys(METRICS, 0.0)}
+
+
+def test_ground_truth_without_a_usable_segmentation_is_evaluated_with_its_box(
+    tmp_path: Path, val: CocoInstances
+) -> None:
+    """``[]``, no segmentation, a polygon of fewer than 3 points (``[[1, 2, 3, 4]]`` pycocotools would take
+    for a box): COCOeval crashed on them, while training uses the box as mask; evaluation does the same."""
+    split = make_shapes_split(tmp_path, "broken", 5, image_size=64, seed=7)
+    data = json.loads(split.ann_file.read_text())
+    anns = data["annotations"]
+    anns[0]["segmentation"] = []
+    del anns[1]["segmentation"]
+    anns[2]["segmentation"] = [[1, 2]]
+    anns[3]["segmentation"] = [[1, 2, 3, 4]]
+    anns[4]["segmentation"] = [[5, 6], *anns[4]["segmentation"]]  # its usable polygon is kept
+    split.ann_file.write_text(json.dumps(data))
+    broken = CocoInstances(split.image_dir, split.ann_file)
+    outputs, ids = _ground_truth_outputs(broken)  # the training targets: box masks for the first four
+    metrics = coco_evaluate(broken.coco, to_coco_results(outputs, ids, broken.label_to_cat_id), ids)
+    assert metrics["mask"]["AP"] == pytest.approx(100.0, abs=0.5)
+    assert metrics["box"]["AP"] == pytest.approx(100.0, abs=0.5)
+    assert broken.coco.anns[anns[0]["id"]]["segmentation"] == []  # the data itself is left as it is
+    assert mask_ground_truth(val.coco, val.image_ids) is val.coco  # nothing to mend: no copy
 
 
 def test_ap_table() -> None:

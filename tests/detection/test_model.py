@@ -10,7 +10,7 @@ from torchvision.ops import FrozenBatchNorm2d
 
 from attentive_norm.checkpoint.testing import official_state_from_model, write_official_checkpoint
 from attentive_norm.detection.backbone import build_backbone, default_out_indices
-from attentive_norm.detection.builder import maskrcnn
+from attentive_norm.detection.builder import maskrcnn, maskrcnn_settings
 from attentive_norm.detection.cascade import CascadeRoIHeads
 from attentive_norm.detection.heads import ConvFCBoxHead, mask_head
 from attentive_norm.layers import AttentiveBatchNorm2d, AttentiveGroupNorm
@@ -52,8 +52,9 @@ def test_zoo_backbone_contract(name: str) -> None:
 
 
 def test_paper_settings_on_resnet50_an() -> None:
-    """SPEC.md §5: stem + stage 1 frozen, every backbone norm's statistics frozen, AN mixture/attention train;
-    AN (w/ GN) head: 4 box convs with GN-based AN (32 groups, K 10,10,20,20), FPN and mask head GN(32)."""
+    """The paper's COCO settings: stem + stage 1 frozen, every backbone norm's statistics frozen, AN
+    mixture/attention train; AN (w/ GN) head: 4 box convs with GN-based AN (32 groups, K 10,10,20,20), FPN
+    and mask head GN(32)."""
     model = maskrcnn("resnet50_an", 80, head_norm="an_gn", min_size=64, max_size=64)
     assert isinstance(model, MaskRCNN)
     net = model.backbone.body.model
@@ -122,6 +123,18 @@ def test_bad_head_settings() -> None:
     with pytest.raises(ValueError, match="anchor size"):
         maskrcnn("resnet20", 2, anchor_sizes=[8, 16], **TINY)
     assert len(mask_head(32, 32, norm="gn")) == 4
+
+
+def test_maskrcnn_kwargs_torchvision_would_ignore_are_errors() -> None:
+    """torchvision's MaskRCNN swallows unknown keyword arguments: a typo would silently do nothing."""
+    with pytest.raises(ValueError, match=r"'box_detections_per_imgg'.*did you mean 'box_detections_per_img'"):
+        maskrcnn("resnet20", 2, box_detections_per_imgg=5, **TINY)
+    with pytest.raises(ValueError, match="'box_head' is set by maskrcnn"):
+        maskrcnn("resnet20", 2, box_head=nn.Identity(), **TINY)
+    for key in ("box_detections_per_img", "rpn_batch_size_per_image", "image_mean", "size_divisible"):
+        assert key in maskrcnn_settings()  # MaskRCNN's, FasterRCNN's and the image transform's own
+    model = maskrcnn("resnet20", 2, box_detections_per_img=5, size_divisible=16, **TINY)
+    assert model.roi_heads.detections_per_img == 5 and model.transform.size_divisible == 16
 
 
 def _checkpoint_roundtrip(tmp_path: Path, write) -> None:
