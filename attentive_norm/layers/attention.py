@@ -148,6 +148,9 @@ class LogitNorm(nn.Module):
             self.num_batches_tracked.zero_()
 
     def forward(self, z: Tensor) -> Tensor:
+        # The logits arrive in float32 (full-precision projection); a module cast with .half() or
+        # .bfloat16() keeps its statistics in that dtype, which the batch-norm kernels require of z too.
+        z = z.to(self.weight.dtype)
         learning = self.training and not self.freeze_stats
         if not learning and self.running_mean is not None:
             return F.batch_norm(

@@ -3,6 +3,8 @@ clear errors for bad arguments and inputs."""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import Tensor, nn
@@ -184,3 +186,25 @@ def test_unknown_head_and_pooling_names_list_the_valid_ones(layer_class: type[nn
         layer_class(32, attention="se")
     with pytest.raises(ValueError, match="unknown pooling 'max'; expected one of mean_rsqrt_var, mean"):
         layer_class(32, pooling="max")
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("kind", ["bn", "gn"])
+def test_a_layer_cast_to_half_precision_trains_and_evaluates(dtype: torch.dtype, kind: str) -> None:
+    # As nn.BatchNorm2d(...).half() does on the CPU: the float32 attention logits meet the logit
+    # BatchNorm's half-precision statistics (that raised "mixed dtype" before).
+    torch.manual_seed(0)
+    reference = AttentiveBatchNorm2d(16, 4) if kind == "bn" else AttentiveGroupNorm(16, 4)
+    layer = copy.deepcopy(reference).to(dtype)
+    x = torch.randn(3, 16, 6, 6)
+    for training in (True, False):
+        reference.train(training)
+        layer.train(training)
+        low = x.to(dtype).requires_grad_()
+        out = layer(low)
+        assert out.dtype == dtype and bool(torch.isfinite(out).all())
+        out.float().sum().backward()
+        assert all(p.grad is not None and bool(torch.isfinite(p.grad).all()) for p in layer.parameters())
+        torch.testing.assert_close(out.float(), reference(x), atol=0.1, rtol=0.05)
+        with torch.no_grad():  # the native inference route in eval
+            torch.testing.assert_close(layer(low).float(), out.float(), atol=0.07, rtol=0.02)
