@@ -81,7 +81,8 @@ def machine_info(settings: Settings | None = None) -> dict[str, Any]:
 
         info["timm"] = timm.__version__
     info["attentive_norm"] = _package_version()
-    info["inference_route"] = native_status()
+    compiled = settings is not None and settings.compile
+    info["inference_route"] = "pytorch (torch.compile: plain ops)" if compiled else native_status()
     if settings is not None:
         info["settings"] = dataclasses.asdict(settings)
     return info

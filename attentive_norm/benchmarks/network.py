@@ -186,7 +186,14 @@ def benchmark_networks(
             runner = _make_runner(name, label, settings, num_classes)
             runners.append(runner)
             flops_model = copy.deepcopy(runner.model).float().to(memory_format=torch.contiguous_format)
-            flops = count_flops(flops_model, (1, 3, settings.image_size, settings.image_size))
+            try:  # the first forward pass: a model that cannot take this input size says so here
+                flops = count_flops(flops_model, (1, 3, settings.image_size, settings.image_size))
+            except Exception as exc:
+                reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise ValueError(
+                    f"{label} cannot run on {settings.image_size}x{settings.image_size} images "
+                    f"({type(exc).__name__}: {reason}); choose another --image-size"
+                ) from exc
             del flops_model
             params = count_params(runner.model)
             rows.append({"model": label, "params": params, "flops": flops})

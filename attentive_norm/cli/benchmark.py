@@ -6,7 +6,7 @@ one AN layer against ``nn.BatchNorm2d`` and the plain eager formula, at ResNet-5
 
 Writes ``<output>/<name>.json``, ``.csv``, ``.md`` (the table in Markdown) and ``.png`` (the ratios).
 Timings need a quiet machine: the load average is recorded before and after. ``--quick`` is a smoke
-test in seconds (tiny models or shapes, one iteration).
+test in seconds (tiny models or shapes, two iterations).
 """
 
 from __future__ import annotations
@@ -19,6 +19,9 @@ from ..benchmarks.common import Settings, plot_ratios, write_csv, write_json
 from ..benchmarks.layer import benchmark_layers, layer_table
 from ..benchmarks.network import DEFAULT_MODELS, PLOT_METRICS, QUICK_MODELS, benchmark_networks, network_table
 from .errors import reports_errors
+
+SIZES = {"batch_size": 16, "image_size": 224, "warmup": 2, "iterations": 10}
+"""Defaults of the size flags (``--quick`` sets its own)."""
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -34,48 +37,45 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         f"baseline (default: {','.join(DEFAULT_MODELS)})",
     )
     parser.add_argument("--layer", action="store_true", help="benchmark one AN layer instead of networks")
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--batch-size", type=int, help=f"images per step (default {SIZES['batch_size']})")
+    parser.add_argument("--image-size", type=int, help=f"input side (default {SIZES['image_size']})")
     parser.add_argument("--threads", type=int, default=2, help="intra-op threads (default 2)")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
                         help="bfloat16 runs under autocast")  # fmt: skip
     parser.add_argument("--channels-last", action="store_true", help="channels_last inputs and weights")
     parser.add_argument("--compile", action="store_true", help="torch.compile every model (inductor)")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed runs of each model first")
-    parser.add_argument("--iterations", type=int, default=10, help="timed runs of each model")
+    parser.add_argument("--warmup", type=int, help=f"untimed runs per model (default {SIZES['warmup']})")
+    parser.add_argument("--iterations", type=int, help=f"timed runs of each (default {SIZES['iterations']})")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
     parser.add_argument("--quick", action="store_true",
-                        help="smoke test: tiny models/shapes, batch 2, 1 warm-up, 2 iterations")  # fmt: skip
+                        help="smoke test: tiny models/shapes, batch 2, 1 warm-up, 2 iterations "
+                             "(sets the sizes itself)")  # fmt: skip
     parser.add_argument("--output", default="runs/benchmarks", help="folder for the result files")
     parser.add_argument("--name", help="file name stem (default: network-<time> or layer-<time>)")
     parser.set_defaults(func=run)
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
+    given = [f"--{k.replace('_', '-')}" for k in SIZES if getattr(args, k) is not None]
+    if args.quick and given:
+        raise ValueError(f"--quick sets the sizes itself: drop {', '.join(given)} or --quick")
+    if args.layer and args.models:
+        raise ValueError("--layer measures one layer at ResNet-50's shapes, not --models: give one of them")
     if args.quick:
-        return Settings(
-            batch_size=2,
-            image_size=64 if args.layer else 32,  # layer shapes down to image/32: keep maps >= 2×2
-            threads=args.threads,
-            dtype=args.dtype,
-            channels_last=args.channels_last,
-            compile=args.compile,
-            warmup=1,
-            iterations=2,
-        )
+        # layer shapes go down to image/32: keep maps >= 2×2
+        sizes = {"batch_size": 2, "image_size": 64 if args.layer else 32, "warmup": 1, "iterations": 2}
+    else:
+        sizes = {k: default if getattr(args, k) is None else getattr(args, k) for k, default in SIZES.items()}
     return Settings(
-        batch_size=args.batch_size,
-        image_size=args.image_size,
         threads=args.threads,
         dtype=args.dtype,
         channels_last=args.channels_last,
         compile=args.compile,
-        warmup=args.warmup,
-        iterations=args.iterations,
+        **sizes,
     )
 
 
-def command_line(args: argparse.Namespace, models: list[str] | None) -> str:
+def command_line(args: argparse.Namespace, settings: Settings, models: list[str] | None) -> str:
     """The command that repeats this run (every setting explicit)."""
     parts = ["attentive-norm", "benchmark"]
     if args.layer:
@@ -86,10 +86,10 @@ def command_line(args: argparse.Namespace, models: list[str] | None) -> str:
         parts.append("--quick")
     else:
         parts += [
-            f"--batch-size {args.batch_size}",
-            f"--image-size {args.image_size}",
-            f"--warmup {args.warmup}",
-            f"--iterations {args.iterations}",
+            f"--batch-size {settings.batch_size}",
+            f"--image-size {settings.image_size}",
+            f"--warmup {settings.warmup}",
+            f"--iterations {settings.iterations}",
         ]
     parts += [f"--threads {args.threads}", f"--dtype {args.dtype}"]
     parts += [
@@ -107,7 +107,10 @@ def run(args: argparse.Namespace) -> int:
     kind = "layer" if args.layer else "network"
     stem = args.name or f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}"
     folder = Path(args.output)
-    folder.mkdir(parents=True, exist_ok=True)
+    try:  # before measuring: a run must not end without its files
+        (folder / stem).parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError) as exc:
+        raise ValueError(f"cannot write the results under {folder / stem}: {exc}") from exc
 
     def log(message: str) -> None:
         print(f"[benchmark] {message}", flush=True)
@@ -124,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
             models = list(QUICK_MODELS if args.quick else DEFAULT_MODELS)
         result = benchmark_networks(models, settings, measure_memory=not args.no_memory, log=log)
         table, markdown = network_table(result), network_table(result, markdown=True)
-    result["command"] = command_line(args, models)
+    result["command"] = command_line(args, settings, models)
     machine = result["machine"]
     header = (
         f"{machine['cpu']}, {settings.threads} threads, torch {machine['torch']}, "

@@ -214,3 +214,44 @@ def test_cli_reports_unknown_models(tmp_path, capsys) -> None:
     argv = ["benchmark", "--quick", "--models", "resnet20,nope", "--output", str(tmp_path)]
     assert main(argv) == 2
     assert "unknown model 'nope'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--quick", "--batch-size", "0"], "--quick sets the sizes itself: drop --batch-size or --quick"),
+        (
+            ["--layer", "--models", "resnet20"],
+            "--layer measures one layer at ResNet-50's shapes, not --models",
+        ),
+        (["--batch-size", "0"], "batch_size must be >= 1, got 0"),
+    ],
+)
+def test_cli_refuses_contradictory_or_bad_settings(tmp_path, capsys, argv, message) -> None:
+    assert main(["benchmark", *argv, "--output", str(tmp_path)]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_cli_refuses_an_output_it_cannot_write_before_measuring(tmp_path, capsys) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    assert main(["benchmark", "--quick", "--output", str(blocker)]) == 2
+    err = capsys.readouterr().err
+    assert "cannot write the results under" in err and "Traceback" not in err
+    argv = ["benchmark", "--quick", "--threads", "1", "--output", str(tmp_path), "--name", "sub/dir/x"]
+    assert main(argv) == 0 and (tmp_path / "sub" / "dir" / "x.json").is_file()
+
+
+def test_cli_names_a_model_that_cannot_take_the_input_size(tmp_path, capsys) -> None:
+    models = "resnet20,timm:vit_tiny_patch16_224"
+    sizes = ["--image-size", "32", "--batch-size", "2", "--iterations", "1", "--warmup", "0"]
+    assert main(["benchmark", "--models", models, *sizes, "--output", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "timm:vit_tiny_patch16_224 cannot run on 32x32 images" in err and "Traceback" not in err
+
+
+def test_compiled_runs_record_that_the_layers_are_plain_ops() -> None:
+    from attentive_norm.benchmarks.common import Settings, machine_info
+
+    assert machine_info(Settings(compile=True))["inference_route"] == "pytorch (torch.compile: plain ops)"
+    assert machine_info(Settings())["inference_route"] == native.native_status()
