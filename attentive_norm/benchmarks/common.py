@@ -314,6 +314,13 @@ def write_csv(rows: Sequence[dict[str, Any]], path: str | os.PathLike) -> None:
         writer.writerows(flat)
 
 
+def plotted_metrics(
+    rows: Sequence[dict[str, Any]], metrics: Sequence[tuple[str, str]]
+) -> list[tuple[str, str]]:
+    """The metrics some row has a ratio for (``--no-memory`` leaves the memory ratios out: no bars at 0)."""
+    return [(key, name) for key, name in metrics if any(row.get(f"{key}_ratio") is not None for row in rows)]
+
+
 def plot_ratios(
     rows: Sequence[dict[str, Any]],
     label_key: str,
@@ -330,6 +337,7 @@ def plot_ratios(
     import matplotlib.pyplot as plt
 
     labels = [str(row[label_key]) for row in rows]
+    metrics = plotted_metrics(rows, metrics)
     width = 0.8 / max(len(metrics), 1)
     fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(rows) * max(len(metrics), 1) * 0.5 + 3), 4.2))
     for index, (key, name) in enumerate(metrics):

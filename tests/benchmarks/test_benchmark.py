@@ -255,3 +255,11 @@ def test_compiled_runs_record_that_the_layers_are_plain_ops() -> None:
 
     assert machine_info(Settings(compile=True))["inference_route"] == "pytorch (torch.compile: plain ops)"
     assert machine_info(Settings())["inference_route"] == native.native_status()
+
+
+def test_the_chart_leaves_out_what_was_not_measured() -> None:
+    from attentive_norm.benchmarks.common import plotted_metrics
+    from attentive_norm.benchmarks.network import PLOT_METRICS
+
+    rows = [{"train_paired_ratio": 1.0, "train_peak_mb_ratio": None}, {"train_paired_ratio": 1.1}]
+    assert plotted_metrics(rows, PLOT_METRICS) == [("train_paired", "training step")]
