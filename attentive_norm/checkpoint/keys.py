@@ -56,6 +56,17 @@ def to_model_key_names(
     return out
 
 
+def compare_keys(
+    state: Mapping[str, Tensor], model_state: Mapping[str, Tensor]
+) -> tuple[list[str], list[str], list[str]]:
+    """How ``state`` fails to fit ``model_state``: model keys it lacks, keys the model lacks, and shared
+    keys whose shapes differ (each in its dict's order)."""
+    missing = [k for k in model_state if k not in state]
+    unexpected = [k for k in state if k not in model_state]
+    wrong_shape = [k for k in state if k in model_state and state[k].shape != model_state[k].shape]
+    return missing, unexpected, wrong_shape
+
+
 def parameter_key_names(model: nn.Module) -> set[str]:
     """The names of the model's parameters (not buffers), ours and the authors' for AN layers."""
     model_state = model.state_dict()

@@ -13,7 +13,13 @@ from dataclasses import dataclass, field
 from torch import Tensor, nn
 
 from .errors import CheckpointMismatchError
-from .keys import parameter_key_names, strip_wrapper_prefixes, to_model_key_names, unwrap_model
+from .keys import (
+    compare_keys,
+    parameter_key_names,
+    strip_wrapper_prefixes,
+    to_model_key_names,
+    unwrap_model,
+)
 from .masters import apply_fp32_masters
 from .sources import CheckpointContents, read_checkpoint
 
@@ -83,9 +89,7 @@ def load_checkpoint(
     state = to_model_key_names(state, model_state)
     state = {k: v for k, v in state.items() if not _counter_the_model_does_not_keep(k, model_state)}
 
-    missing = [k for k in model_state if k not in state]
-    unexpected = [k for k in state if k not in model_state]
-    wrong_shape = [k for k in state if k in model_state and state[k].shape != model_state[k].shape]
+    missing, unexpected, wrong_shape = compare_keys(state, model_state)
     if wrong_shape or (strict and (missing or unexpected)):
         raise CheckpointMismatchError(
             _mismatch_message(

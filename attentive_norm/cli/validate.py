@@ -22,6 +22,7 @@ from ..engine import distributed, state
 from ..engine.config import AMP_MODES, ConfigError
 from ..engine.evaluate import evaluate
 from ..engine.report import write_csv
+from ..engine.run_folder import first_free
 from ..engine.trainer import build_model
 from .errors import reports_errors
 
@@ -152,11 +153,7 @@ def _default_output(path: Path, model: str, ours: bool) -> Path:
     numbered name where results exist (the authors' files are all ``model_best.pth.tar``)."""
     folder = path.parent if ours else Path("runs") / "validate"
     stem = folder / (f"validate-{path.stem}" if ours else f"{model}-{path.stem}")
-    output, n = stem, 1
-    while Path(f"{output}.json").exists() or Path(f"{output}.csv").exists():
-        n += 1
-        output = stem.with_name(f"{stem.name}-{n}")
-    return output
+    return first_free(stem, lambda p: Path(f"{p}.json").exists() or Path(f"{p}.csv").exists())
 
 
 def positive_int(text: str) -> int:

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from ..checkpoint import CheckpointError, atomic_save, safe_torch_load
+from ..checkpoint.keys import compare_keys
 from ..data.folder import DataError
 from ..engine.distributed import all_gather_objects
 
@@ -118,12 +119,9 @@ def load_model_state(
             if key in saved and saved[key] != value
         ]
         own = model.state_dict()
-        missing = [k for k in own if k not in state]
-        unexpected = [k for k in state if k not in own]
+        missing, unexpected, wrong_shape = compare_keys(state, own)
         sizes = [
-            f"{k} {list(state[k].shape)} in the checkpoint, {list(v.shape)} now"
-            for k, v in own.items()
-            if k in state and state[k].shape != v.shape
+            f"{k} {list(state[k].shape)} in the checkpoint, {list(own[k].shape)} now" for k in wrong_shape
         ]
         weights = [
             *([f"{len(missing)} weights missing (first {missing[0]})"] if missing else []),

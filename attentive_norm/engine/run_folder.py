@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from . import state
@@ -49,12 +50,18 @@ def create(cfg: TrainConfig, resume: str | os.PathLike | None) -> Path:
     if _stably_named(cfg):
         path = Path(cfg.output) / _stable_name(cfg)
     else:
-        stem = Path(cfg.output) / f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.model}"
-        path, n = stem, 1
-        while path.exists():
-            n += 1
-            path = stem.with_name(f"{stem.name}-{n}")
+        path = first_free(Path(cfg.output) / f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.model}")
     path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def first_free(stem: Path, taken: Callable[[Path], bool] = Path.exists) -> Path:
+    """``stem``, else ``stem-2``, ``stem-3``, ...: the first that is not ``taken`` (so nothing earlier is
+    overwritten)."""
+    path, n = stem, 1
+    while taken(path):
+        n += 1
+        path = stem.with_name(f"{stem.name}-{n}")
     return path
 
 
